@@ -1,0 +1,60 @@
+"""Turn a catalog into a serving index: validate, embed in batches, write, swap."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from indexer.catalog import CatalogLoad, load_catalog
+from indexer.encoder import BiEncoder
+from indexer.schema import Product, product_to_text
+from indexer.store import VectorStore
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class IndexReport:
+    """What a reindex did."""
+
+    version: str
+    indexed: int
+    skipped_lines: int
+    duplicate_ids: int
+
+
+def index_products(
+    store: VectorStore,
+    products: Sequence[Product],
+    encoder: BiEncoder,
+    *,
+    progress: bool = False,
+    metadata: dict[str, str] | None = None,
+) -> str:
+    """Embed products and make them the serving version of ``store``."""
+    vectors = encoder.encode_texts([product_to_text(p) for p in products], progress=progress)
+    return store.replace_all(products, vectors, metadata=metadata)
+
+
+def reindex_catalog(
+    store: VectorStore,
+    catalog: Path,
+    encoder: BiEncoder,
+    *,
+    strict: bool = False,
+    progress: bool = False,
+) -> tuple[IndexReport, CatalogLoad]:
+    """Load a catalog (strict mode fails before anything is written) and rebuild the index."""
+    load = load_catalog(catalog, strict=strict)
+    version = index_products(
+        store, load.products, encoder, progress=progress, metadata={"catalog": str(catalog)}
+    )
+    report = IndexReport(
+        version=version,
+        indexed=len(load.products),
+        skipped_lines=len(load.errors),
+        duplicate_ids=len(load.duplicate_ids),
+    )
+    return report, load

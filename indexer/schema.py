@@ -1,0 +1,105 @@
+"""The product record and the one text rendering every model sees.
+
+`product_to_text` is the single place that turns a product into model input: the bi-encoder,
+BM25 and every cross-encoder (in-process, Triton, tuning) use it, so a product never looks
+different to two stages.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+#: Dimension of the packaged all-MiniLM-L6-v2 bi-encoder.
+EMBEDDING_DIM = 384
+#: Product fields that filters may address.
+FILTER_FIELDS = ("brand", "category", "price_min", "price_max")
+
+_MAX_BULLETS = 5
+_MAX_ATTRIBUTES = 12
+
+
+class Product(BaseModel):
+    """One catalog line. Real catalogs are ragged: nulls become empty values.
+
+    Extra fields (Icecat's `gtin`, `model`, `released`, ...) are kept as they are.
+    """
+
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False, frozen=True)
+
+    id: str = Field(min_length=1, max_length=256)
+    title: str = Field(min_length=1)
+    description: str = ""
+    bullet_points: list[str] = Field(default_factory=list)
+    brand: str | None = None
+    category: list[str] = Field(default_factory=list)
+    price: float | None = Field(default=None, ge=0)
+    rating: float | None = Field(default=None, ge=0)
+    rating_count: int | None = Field(default=None, ge=0)
+    image_url: str | None = None
+    attributes: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("id", mode="before")
+    @classmethod
+    def _id_as_text(cls, value: Any) -> Any:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return str(value)
+        return value.strip() if isinstance(value, str) else value
+
+    @field_validator("title", mode="before")
+    @classmethod
+    def _strip_title(cls, value: Any) -> Any:
+        return value.strip() if isinstance(value, str) else value
+
+    @field_validator("description", mode="before")
+    @classmethod
+    def _none_to_empty_text(cls, value: Any) -> Any:
+        return "" if value is None else value
+
+    @field_validator("bullet_points", "category", mode="before")
+    @classmethod
+    def _none_to_empty_list(cls, value: Any) -> Any:
+        if value is None:
+            return []
+        if isinstance(value, list):
+            return [item for item in value if item not in (None, "")]
+        return value
+
+    @field_validator("brand", mode="before")
+    @classmethod
+    def _blank_brand_is_none(cls, value: Any) -> Any:
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value.strip() if isinstance(value, str) else value
+
+    @field_validator("attributes", mode="before")
+    @classmethod
+    def _attributes_as_text(cls, value: Any) -> Any:
+        if value is None:
+            return {}
+        if isinstance(value, dict):
+            return {str(k): str(v) for k, v in value.items() if v not in (None, "")}
+        return value
+
+
+def product_to_text(product: Product) -> str:
+    """Render a product for the models: title first, then brand, category path and details.
+
+    >>> product_to_text(Product(id="1", title="Desk lamp", brand="Ikea", category=["Home", "Lighting"]))
+    'Desk lamp | brand: Ikea | category: Home > Lighting'
+    """
+    parts = [product.title]
+    if product.brand:
+        parts.append(f"brand: {product.brand}")
+    if product.category:
+        parts.append("category: " + " > ".join(product.category))
+    attributes = list(product.attributes.items())[:_MAX_ATTRIBUTES]
+    if attributes:
+        parts.append("; ".join(f"{key.replace('_', ' ')}: {value}" for key, value in attributes))
+    bullets = product.bullet_points[:_MAX_BULLETS]
+    if bullets:
+        parts.append(" ".join(bullets))
+    if product.description:
+        parts.append(product.description)
+    return " | ".join(parts)

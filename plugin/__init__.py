@@ -1,0 +1,1 @@
+"""The composition root: query pipeline, HTTP API and CLI."""

@@ -1,0 +1,11 @@
+"""Exceptions raised by the plugin package."""
+
+from __future__ import annotations
+
+
+class PluginError(Exception):
+    """Base class for every error the plugin raises."""
+
+
+class RerankNotConfiguredError(PluginError):
+    """A request asked for reranking but the server runs without a reranker."""

@@ -1,0 +1,34 @@
+"""Server and pipeline settings, read from the environment (prefix ``SHOPRANK_``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from indexer.settings import IndexerSettings
+
+RerankerKind = Literal["none", "cross-encoder"]
+
+
+class Settings(BaseSettings):
+    """Everything the server needs; each field can be set as ``SHOPRANK_<FIELD>``."""
+
+    model_config = SettingsConfigDict(env_prefix="SHOPRANK_", extra="ignore")
+
+    index: str = Field(default="default", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=1, le=65535)
+    reranker: RerankerKind = "none"
+    reranker_checkpoint: Path | None = None
+    #: How many candidates retrieval hands to the later stages.
+    candidates: int = Field(default=100, ge=1, le=1000)
+    #: How many of the best candidates the cross-encoder rescores.
+    rerank_window: int = Field(default=50, ge=1, le=1000)
+    indexer: IndexerSettings = Field(default_factory=IndexerSettings)
+
+    @property
+    def index_root(self) -> Path:
+        return self.indexer.indexes_dir / self.index

@@ -1,0 +1,1 @@
+"""The cross-encoder's life: protocol, in-process and remote scorers, evaluation."""

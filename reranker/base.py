@@ -1,0 +1,33 @@
+"""The `Reranker` protocol and the no-op reranker."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
+
+
+@runtime_checkable
+class Reranker(Protocol):
+    """Scores (query, product text) pairs; higher is more relevant.
+
+    Product texts come from `indexer.schema.product_to_text`.
+    """
+
+    @property
+    def name(self) -> str: ...
+
+    def score(self, query: str, texts: Sequence[str]) -> list[float]: ...
+
+    def close(self) -> None: ...
+
+
+class NoReranker:
+    """Keeps retrieval order: the default until a tuned cross-encoder exists."""
+
+    name = "none"
+
+    def score(self, query: str, texts: Sequence[str]) -> list[float]:
+        raise NotImplementedError("NoReranker does not score; the pipeline skips it")
+
+    def close(self) -> None:
+        return None

@@ -1,0 +1,15 @@
+"""Exceptions raised by the reranker package."""
+
+from __future__ import annotations
+
+
+class RerankerError(Exception):
+    """Base class for every error the reranker package raises."""
+
+
+class CheckpointError(RerankerError):
+    """A reranker checkpoint folder is missing or unreadable."""
+
+
+class EvaluationInputError(RerankerError):
+    """A queries, qrels or gains input is malformed."""
