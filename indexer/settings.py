@@ -10,7 +10,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 def default_home() -> Path:
-    """``$SHOPRANK_HOME`` if set, else ``$XDG_DATA_HOME/shoprank`` or ``~/.local/share/shoprank``."""
+    """Default of ``$SHOPRANK_HOME``: ``$XDG_DATA_HOME/shoprank`` or ``~/.local/share/shoprank``."""
     xdg = os.environ.get("XDG_DATA_HOME")
     base = Path(xdg) if xdg else Path.home() / ".local" / "share"
     return base / "shoprank"

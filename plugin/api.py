@@ -30,6 +30,14 @@ class Health(BaseModel):
     detail: str | None = None
 
 
+def get_pipeline(request: Request) -> SearchPipeline:
+    pipeline: SearchPipeline = request.app.state.pipeline
+    return pipeline
+
+
+PipelineDep = Annotated[SearchPipeline, Depends(get_pipeline)]
+
+
 def create_app(settings: Settings | None = None, pipeline: SearchPipeline | None = None) -> FastAPI:
     """Build the app. Settings are read from the environment when the app starts."""
 
@@ -53,12 +61,6 @@ def create_app(settings: Settings | None = None, pipeline: SearchPipeline | None
         version="0.1.0",
         lifespan=lifespan,
     )
-
-    def get_pipeline(request: Request) -> SearchPipeline:
-        pipeline: SearchPipeline = request.app.state.pipeline
-        return pipeline
-
-    PipelineDep = Annotated[SearchPipeline, Depends(get_pipeline)]
 
     @app.post("/search", response_model=SearchResponse, response_model_exclude_none=True)
     def search(body: SearchRequest, pipeline: PipelineDep) -> SearchResponse:

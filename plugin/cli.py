@@ -22,7 +22,7 @@ from plugin.components import build_encoder, build_pipeline, build_store
 from plugin.demo import DEMO_CATALOG, DEMO_INDEX
 from plugin.errors import PluginError
 from plugin.models import SearchRequest, SearchResponse
-from plugin.settings import RerankerKind, Settings
+from plugin.settings import Settings
 from reranker.errors import RerankerError
 from reranker.evaluation import (
     ESCI_GAINS,
@@ -59,14 +59,14 @@ def _setup_logging(verbose: bool) -> None:
         format="%(message)s",
         handlers=[RichHandler(console=console, show_path=False)],
     )
-    for noisy in ("httpx", "sentence_transformers", "transformers"):
+    for noisy in ("httpx", "sentence_transformers", "transformers", "bm25s"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def _settings(**overrides: object) -> Settings:
     values = {key: value for key, value in overrides.items() if value is not None}
     try:
-        return Settings(**values)
+        return Settings.model_validate(values)
     except ValidationError as e:
         _fail(str(e))
 

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from indexer.encoder import prepare_offline_loading
 from reranker.errors import CheckpointError
 
 if TYPE_CHECKING:
@@ -55,13 +55,12 @@ class InProcessCrossEncoder:
             raise CheckpointError(
                 f"no cross-encoder checkpoint at {self.checkpoint} (config.json missing)"
             )
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        prepare_offline_loading()
         from sentence_transformers import CrossEncoder
 
         logger.info("loading cross-encoder from %s", self.checkpoint)
         try:
-            return CrossEncoder(
+            model: CrossEncoder = CrossEncoder(
                 str(self.checkpoint),
                 max_length=self._max_length,
                 device=self._device or "cpu",
@@ -69,6 +68,7 @@ class InProcessCrossEncoder:
             )
         except (OSError, ValueError) as e:
             raise CheckpointError(f"cannot load cross-encoder {self.checkpoint}: {e}") from e
+        return model
 
     def score(self, query: str, texts: Sequence[str]) -> list[float]:
         if not texts:

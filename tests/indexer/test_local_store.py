@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +28,7 @@ def test_local_store_satisfies_the_protocol(store: LocalStore) -> None:
 def test_bm25_finds_term_matches_only(store: LocalStore) -> None:
     hits = store.search_bm25("running", 10)
     assert {h.product_id for h in hits} == {"p1", "p2", "p4", "p5"}
-    assert all(a.score >= b.score for a, b in zip(hits, hits[1:], strict=False))
+    assert all(a.score >= b.score for a, b in itertools.pairwise(hits))
 
 
 def test_vector_search_ranks_by_cosine(store: LocalStore, tiny_products: list[Product]) -> None:
@@ -150,3 +151,14 @@ def test_old_versions_are_pruned(store: LocalStore, tiny_products: list[Product]
         store.replace_all(tiny_products, axis_vectors(6))
     versions = [p for p in store.root.iterdir() if p.is_dir()]
     assert len(versions) == 2
+
+
+def test_a_reader_picks_up_a_rebuild_from_another_process(
+    store: LocalStore, tiny_products: list[Product], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("indexer.local_store._RECHECK_SECONDS", 0.0)
+    reader = LocalStore(store.root)
+    assert reader.count() == 6
+    LocalStore(store.root).replace_all(tiny_products[:3], axis_vectors(3))
+    assert reader.count() == 3
+    assert reader.get("p6") is None

@@ -1,0 +1,3 @@
+from plugin.cli import app
+
+app(prog_name="shoprank")

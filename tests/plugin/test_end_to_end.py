@@ -1,0 +1,188 @@
+"""Index a slice of the bundled real catalog with the real bi-encoder, then search over HTTP."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import demo_slice
+
+pytestmark = pytest.mark.slow
+
+SLICE = 300
+
+
+def shoprank(*args: str, home: Path, check: bool = True) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "SHOPRANK_HOME": str(home), "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "plugin", *args],
+        env=env, capture_output=True, text=True, timeout=600,
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"shoprank {args} failed:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def records() -> list[dict[str, Any]]:
+    return list(demo_slice(SLICE))
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory: pytest.TempPathFactory, records: list[dict[str, Any]]) -> Path:
+    home = tmp_path_factory.mktemp("e2e") / "home"
+    catalog = home.parent / "slice.jsonl"
+    lines = [json.dumps(r) for r in records]
+    lines.insert(10, '{"id": "broken", "title": ')  # a bad line is skipped and counted
+    catalog.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    result = shoprank("reindex", "--catalog", str(catalog), home=home)
+    assert f"indexed {SLICE} products" in result.stderr
+    assert "1 invalid line(s) skipped" in result.stderr
+    assert "line 11" in result.stderr
+    return home
+
+
+@pytest.fixture(scope="module")
+def server(home: Path) -> Iterator[str]:
+    port = free_port()
+    env = {**os.environ, "SHOPRANK_HOME": str(home), "HF_HUB_OFFLINE": "1"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "plugin", "serve", "--port", str(port)],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert process.poll() is None, process.stdout.read() if process.stdout else ""
+            time.sleep(0.5)
+        else:
+            pytest.fail("server did not become ready in 120 s")
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def search(url: str, **body: Any) -> dict[str, Any]:
+    response = httpx.post(f"{url}/search", json=body, timeout=30)
+    assert response.status_code == 200, response.text
+    result: dict[str, Any] = response.json()
+    return result
+
+
+def test_ready_reports_the_index(server: str) -> None:
+    ready = httpx.get(f"{server}/readyz").json()
+    assert ready["status"] == "ready" and ready["products"] == SLICE
+
+
+@pytest.mark.parametrize("mode", ["bm25", "vector", "hybrid"])
+def test_a_product_title_finds_that_product(
+    server: str, records: list[dict[str, Any]], mode: str
+) -> None:
+    found = 0
+    sample = records[::30]
+    for record in sample:
+        ids = [hit["id"] for hit in search(server, query=record["title"][:200], k=3,
+                                           mode=mode)["results"]]
+        found += record["id"] in ids
+    assert found >= 0.8 * len(sample), f"{mode}: {found}/{len(sample)} titles found in top 3"
+
+
+def test_results_carry_stage_scores_and_timings(server: str) -> None:
+    body = search(server, query="wireless headphones", k=5, explain=True)
+    assert len(body["results"]) == 5 and body["mode"] == "hybrid"
+    assert set(body["timings_ms"]) >= {"encode", "retrieve", "rerank", "postprocess", "total"}
+    for rank, hit in enumerate(body["results"], start=1):
+        assert hit["rank"] == rank
+        assert "fused" in hit["scores"]
+        assert "bm25" in hit["scores"] or "vector" in hit["scores"]
+        assert hit["explanation"]["retrieval_rank"] == rank
+        assert hit["explanation"]["ordered_by"] == "fused"
+        assert hit["explanation"]["text"].startswith(hit["title"])
+
+
+def test_brand_filter_still_fills_the_page(server: str, records: list[dict[str, Any]]) -> None:
+    brands: dict[str, int] = {}
+    for record in records:
+        if record.get("brand"):
+            brands[record["brand"]] = brands.get(record["brand"], 0) + 1
+    brand, count = max(brands.items(), key=lambda item: item[1])
+    assert count >= 3
+    for mode in ("vector", "hybrid"):
+        hits = search(server, query="gift", k=count, mode=mode,
+                      filters={"brand": brand.upper()})["results"]
+        assert len(hits) == count
+        assert {hit["brand"] for hit in hits} == {brand}
+
+
+def test_price_filter(server: str) -> None:
+    hits = search(server, query="kitchen", k=20, filters={"price_max": 20})["results"]
+    assert all(hit["price"] is not None and hit["price"] <= 20 for hit in hits)
+
+
+def test_product_lookup(server: str, records: list[dict[str, Any]]) -> None:
+    product = httpx.get(f"{server}/products/{records[5]['id']}").json()
+    assert product["title"] == records[5]["title"]
+    missing = httpx.get(f"{server}/products/nope")
+    assert missing.status_code == 404 and "nope" in missing.json()["detail"]
+
+
+def test_cli_search_prints_json(home: Path, records: list[dict[str, Any]]) -> None:
+    result = shoprank("search", records[0]["title"], "-k", "3", "--mode", "bm25", "--json",
+                      home=home)
+    body = json.loads(result.stdout)
+    assert body["results"][0]["id"] == records[0]["id"]
+
+
+def test_cli_eval_reports_metrics_and_writes_a_trec_run(
+    home: Path, records: list[dict[str, Any]], tmp_path: Path
+) -> None:
+    catalog = home.parent / "slice.jsonl"
+    queries = tmp_path / "queries.tsv"
+    qrels = tmp_path / "qrels.txt"
+    sample = records[:20]
+    queries.write_text("".join(f"t{i}\t{r['title'][:80]}\n" for i, r in enumerate(sample)))
+    qrels.write_text("".join(f"t{i} 0 {r['id']} 3\n" for i, r in enumerate(sample)))
+    run = tmp_path / "run.txt"
+    result = shoprank(
+        "eval", "--catalog", str(catalog), "--queries", str(queries), "--qrels", str(qrels),
+        "--index", "default", "--mode", "bm25", "--json", "--run-out", str(run), home=home,
+    )
+    summary = json.loads(result.stdout)
+    assert summary["queries"] == 20
+    assert summary["nDCG@10"] > 0.8 and summary["judged@10"] < 0.5
+    lines = run.read_text().splitlines()
+    assert lines[0].split()[:4] == ["t0", "Q0", lines[0].split()[2], "1"]
+    assert len({line.split()[0] for line in lines}) == 20
+
+
+def test_strict_reindex_writes_nothing(home: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": "a", "title": "ok"}\n{"id": "b", "price": -3, "title": "x"}\n')
+    result = shoprank("reindex", "--catalog", str(bad), "--strict", "--index", "strict",
+                      home=home, check=False)
+    assert result.returncode == 2
+    assert "line 2" in result.stderr and "price" in result.stderr
+    assert not (home / "indexes" / "strict" / "CURRENT").exists()
