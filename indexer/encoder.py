@@ -40,7 +40,7 @@ def prepare_offline_loading() -> None:
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     from transformers.utils import logging as transformers_logging
 
-    transformers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
 
 
 def load_sentence_transformer(path: Path, *, device: str | None = None) -> SentenceTransformer:
