@@ -21,3 +21,7 @@ class StoreError(IndexerError):
 
 class DimensionMismatchError(StoreError):
     """Vectors do not have the dimension the index was built with."""
+
+
+class StoreUnavailableError(StoreError):
+    """The store's server cannot be reached (the message names its URL)."""

@@ -3,19 +3,24 @@
 Layout under ``<home>/indexes/<name>/``::
 
     CURRENT               name of the serving version (replaced atomically)
+    .lock                 serialises writers across processes
     v20261128T070000-ab12/
         manifest.json     written last: a version without it is incomplete
         products.jsonl    the validated records
         vectors.npy       float32, one L2-normalised row per product
-        bm25/             the lexical index
+        bm25/<field>/     one lexical index per field of LEXICAL_FIELDS
+        updates.jsonl     live upserts and deletes since the version was built
 
 A rebuild writes a new version beside the serving one and only then moves ``CURRENT``, so a
 failed or killed rebuild leaves the serving index as it was; the next rebuild removes the
-leftovers. Readers in other processes pick up a new version on their next search.
+leftovers. Live changes are appended to ``updates.jsonl`` (a write-ahead log, replayed on load)
+and applied in memory at once; other processes pick up a new version or new log lines on their
+next search, at most `RECHECK_SECONDS` later.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -23,8 +28,8 @@ import secrets
 import shutil
 import threading
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -34,103 +39,17 @@ import numpy.typing as npt
 
 from indexer.errors import DimensionMismatchError, IndexNotFoundError, StoreError
 from indexer.lexical import LexicalIndex
-from indexer.schema import Product, product_to_text
+from indexer.local_snapshot import Snapshot
+from indexer.schema import LEXICAL_FIELDS, Product, lexical_texts
 from indexer.store import Filters, ScoredId
 
 logger = logging.getLogger(__name__)
 
+RECHECK_SECONDS = 0.25
 _CURRENT = "CURRENT"
 _MANIFEST = "manifest.json"
+_UPDATES = "updates.jsonl"
 _BUILDING_PREFIX = ".building-"
-_RECHECK_SECONDS = 1.0
-
-
-@dataclass
-class _Snapshot:
-    """One loaded version; never mutated after loading, so searches need no lock."""
-
-    version: str
-    manifest: dict[str, Any]
-    products: list[Product]
-    rows: dict[str, int]
-    ids: npt.NDArray[np.str_]
-    vectors: npt.NDArray[np.float32]
-    lexical: LexicalIndex
-    brand_keys: npt.NDArray[np.str_]
-    prices: npt.NDArray[np.float64]
-    category_rows: dict[str, npt.NDArray[np.int64]]
-
-    @classmethod
-    def build(
-        cls,
-        version: str,
-        manifest: dict[str, Any],
-        products: list[Product],
-        vectors: npt.NDArray[np.float32],
-        lexical: LexicalIndex,
-    ) -> _Snapshot:
-        category_lists: dict[str, list[int]] = {}
-        for row, product in enumerate(products):
-            for level in {level.casefold() for level in product.category}:
-                category_lists.setdefault(level, []).append(row)
-        return cls(
-            version=version,
-            manifest=manifest,
-            products=products,
-            rows={product.id: row for row, product in enumerate(products)},
-            ids=np.array([product.id for product in products], dtype=np.str_),
-            vectors=vectors,
-            lexical=lexical,
-            brand_keys=np.array(
-                [(product.brand or "").casefold() for product in products], dtype=np.str_
-            ),
-            prices=np.array(
-                [np.nan if product.price is None else product.price for product in products],
-                dtype=np.float64,
-            ),
-            category_rows={key: np.array(rows) for key, rows in category_lists.items()},
-        )
-
-    def mask(self, filters: Filters | None) -> npt.NDArray[np.bool_] | None:
-        if filters is None or filters.is_empty():
-            return None
-        mask = np.ones(len(self.products), dtype=bool)
-        if filters.brand is not None:
-            mask &= np.isin(self.brand_keys, [brand.casefold() for brand in filters.brand])
-        if filters.category is not None:
-            in_category = np.zeros(len(self.products), dtype=bool)
-            rows = self.category_rows.get(filters.category.casefold())
-            if rows is not None:
-                in_category[rows] = True
-            mask &= in_category
-        with np.errstate(invalid="ignore"):
-            if filters.price_min is not None:
-                mask &= self.prices >= filters.price_min
-            if filters.price_max is not None:
-                mask &= self.prices <= filters.price_max
-        return mask
-
-    def top(
-        self,
-        scores: npt.NDArray[np.float32],
-        n: int,
-        mask: npt.NDArray[np.bool_] | None,
-        *,
-        positive_only: bool,
-    ) -> list[ScoredId]:
-        scores = scores.astype(np.float64, copy=True)
-        if mask is not None:
-            scores[~mask] = -np.inf
-        if positive_only:
-            scores[scores <= 0] = -np.inf
-        available = int(np.isfinite(scores).sum())
-        take = min(n, available)
-        if take <= 0:
-            return []
-        rows = np.argpartition(-scores, take - 1)[:take]
-        # Best score first; equal scores ordered by product id so every store agrees.
-        order = np.lexsort((self.ids[rows], -scores[rows]))
-        return [ScoredId(str(self.ids[row]), float(scores[row])) for row in rows[order]]
 
 
 class LocalStore:
@@ -144,7 +63,7 @@ class LocalStore:
     def __init__(self, root: Path, *, keep_versions: int = 2) -> None:
         self.root = root
         self._keep_versions = max(1, keep_versions)
-        self._snapshot: _Snapshot | None = None
+        self._snapshot: Snapshot | None = None
         self._lock = threading.Lock()
         self._checked_at = 0.0
 
@@ -161,10 +80,10 @@ class LocalStore:
         except FileNotFoundError:
             return None
 
-    def _state(self) -> _Snapshot:
+    def _state(self, *, force: bool = False) -> Snapshot:
         snapshot = self._snapshot
         now = time.monotonic()
-        if snapshot is not None and now - self._checked_at < _RECHECK_SECONDS:
+        if snapshot is not None and not force and now - self._checked_at < RECHECK_SECONDS:
             return snapshot
         with self._lock:
             self._checked_at = now
@@ -177,16 +96,17 @@ class LocalStore:
                 )
             if self._snapshot is None or self._snapshot.version != version:
                 self._snapshot = self._load(version)
+            self._snapshot = self._replay(self._snapshot)
             return self._snapshot
 
-    def _load(self, version: str) -> _Snapshot:
+    def _load(self, version: str) -> Snapshot:
         folder = self.root / version
         try:
             manifest = json.loads((folder / _MANIFEST).read_text(encoding="utf-8"))
             with (folder / "products.jsonl").open(encoding="utf-8") as handle:
                 products = [Product.model_validate_json(line) for line in handle]
             vectors = np.load(folder / "vectors.npy")
-            lexical = LexicalIndex.load(folder / "bm25", size=len(products))
+            lexical = {name: LexicalIndex.load(folder / "bm25" / name) for name in LEXICAL_FIELDS}
         except (OSError, ValueError) as e:
             raise StoreError(f"index version {folder} is unreadable: {e}") from e
         if len(products) != vectors.shape[0]:
@@ -195,7 +115,33 @@ class LocalStore:
                 f"{len(products)} products but {vectors.shape[0]} vectors"
             )
         logger.info("opened index %s (%d products)", folder, len(products))
-        return _Snapshot.build(version, manifest, products, vectors, lexical)
+        return Snapshot.build(version, manifest, products, vectors, lexical)
+
+    def _replay(self, snapshot: Snapshot) -> Snapshot:
+        """Apply the log lines written since this snapshot was taken."""
+        log = self.root / snapshot.version / _UPDATES
+        try:
+            size = log.stat().st_size
+        except FileNotFoundError:
+            return snapshot
+        if size <= snapshot.log_offset:
+            return snapshot
+        upserts: dict[str, tuple[Product, npt.NDArray[np.float32]]] = {}
+        deletes: set[str] = set()
+        with log.open("rb") as handle:
+            handle.seek(snapshot.log_offset)
+            data = handle.read(size - snapshot.log_offset)
+        complete = data[: data.rfind(b"\n") + 1]  # a line still being written waits
+        for line in complete.splitlines():
+            entry = json.loads(line)
+            if entry["op"] == "upsert":
+                product = Product.model_validate(entry["product"])
+                upserts[product.id] = (product, np.asarray(entry["vector"], dtype=np.float32))
+                deletes.discard(product.id)
+            else:
+                upserts.pop(entry["id"], None)
+                deletes.add(entry["id"])
+        return snapshot.applied(upserts, deletes, snapshot.log_offset + len(complete))
 
     @property
     def dimension(self) -> int:
@@ -221,26 +167,79 @@ class LocalStore:
         state = self._state()
         return {pid: state.products[state.rows[pid]] for pid in product_ids if pid in state.rows}
 
+    def get_vector(self, product_id: str) -> npt.NDArray[np.float32] | None:
+        state = self._state()
+        row = state.rows.get(product_id)
+        return None if row is None else state.vectors[row]
+
     def search_bm25(self, text: str, n: int, filters: Filters | None = None) -> list[ScoredId]:
         state = self._state()
-        return state.top(state.lexical.scores(text), n, state.mask(filters), positive_only=True)
+        return state.top(state.bm25_scores(text), n, state.mask(filters), positive_only=True)
 
     def search_vector(
         self, vector: npt.NDArray[np.float32], n: int, filters: Filters | None = None
     ) -> list[ScoredId]:
         state = self._state()
-        if vector.shape != (state.vectors.shape[1],):
-            raise DimensionMismatchError(
-                f"query vector has shape {vector.shape}, "
-                f"index {self.root.name} holds {state.vectors.shape[1]}-d vectors"
-            )
+        self._check_dimension(vector.shape[-1], state)
         scores = state.vectors @ vector.astype(np.float32, copy=False)
         return state.top(scores, n, state.mask(filters), positive_only=False)
+
+    def _check_dimension(self, dim: int, state: Snapshot) -> None:
+        if dim != state.vectors.shape[1]:
+            raise DimensionMismatchError(
+                f"vectors have {dim} dimensions, "
+                f"index {self.root.name} holds {state.vectors.shape[1]}-d vectors"
+            )
 
     def close(self) -> None:
         self._snapshot = None
 
     # -- writing -------------------------------------------------------------------------
+
+    @contextmanager
+    def _writer(self) -> Iterator[None]:
+        self.root.mkdir(parents=True, exist_ok=True)
+        with (self.root / ".lock").open("a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def upsert(self, products: Sequence[Product], vectors: npt.NDArray[np.float32]) -> int:
+        """Add or replace products; searchable in this process at once. Returns the count."""
+        if vectors.ndim != 2 or vectors.shape[0] != len(products):
+            raise DimensionMismatchError(
+                f"{len(products)} products need {len(products)} vectors, got shape {vectors.shape}"
+            )
+        self._check_dimension(vectors.shape[1], self._state(force=True))
+        lines = [
+            json.dumps(
+                {"op": "upsert", "product": p.model_dump(mode="json"), "vector": v.tolist()}
+            )
+            for p, v in zip(products, vectors, strict=True)
+        ]
+        self._append_log(lines)
+        return len(lines)
+
+    def delete(self, product_ids: Sequence[str]) -> int:
+        """Remove products; returns how many existed."""
+        existing = [pid for pid in product_ids if pid in self._state(force=True).rows]
+        self._append_log([json.dumps({"op": "delete", "id": pid}) for pid in existing])
+        return len(existing)
+
+    def _append_log(self, lines: list[str]) -> None:
+        if not lines:
+            return
+        with self._writer():
+            version = self._current_version()
+            if version is None:
+                raise IndexNotFoundError(f"no index at {self.root} to update")
+            with (self.root / version / _UPDATES).open("a", encoding="utf-8") as handle:
+                handle.write("\n".join(lines) + "\n")
+                handle.flush()
+                os.fsync(handle.fileno())
+        self._state(force=True)
 
     def replace_all(
         self,
@@ -256,33 +255,45 @@ class LocalStore:
             )
         if not products:
             raise StoreError("refusing to build an empty index")
-        self.root.mkdir(parents=True, exist_ok=True)
-        self._remove_leftovers()
-        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
-        version = f"v{stamp}-{secrets.token_hex(3)}"
-        staging = self.root / f"{_BUILDING_PREFIX}{version}"
-        staging.mkdir()
+        with self._writer():
+            self._remove_leftovers()
+            stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+            version = f"v{stamp}-{secrets.token_hex(3)}"
+            staging = self.root / f"{_BUILDING_PREFIX}{version}"
+            staging.mkdir()
+            self._write_version(staging, version, products, vectors, metadata or {})
+            staging.rename(self.root / version)
+            pointer = self.root / f"{_CURRENT}.{version}.tmp"
+            pointer.write_text(version + "\n", encoding="utf-8")
+            os.replace(pointer, self.root / _CURRENT)
+            logger.info("index %s now serves version %s", self.root, version)
+            self._checked_at = 0.0
+            self._prune()
+        return version
+
+    @staticmethod
+    def _write_version(
+        folder: Path,
+        version: str,
+        products: Sequence[Product],
+        vectors: npt.NDArray[np.float32],
+        metadata: dict[str, Any],
+    ) -> None:
+        with (folder / "products.jsonl").open("w", encoding="utf-8") as handle:
+            for product in products:
+                handle.write(product.model_dump_json() + "\n")
+        np.save(folder / "vectors.npy", np.ascontiguousarray(vectors, dtype=np.float32))
+        texts = [lexical_texts(p) for p in products]
+        for field in LEXICAL_FIELDS:
+            LexicalIndex.build([t[field] for t in texts]).save(folder / "bm25" / field)
         manifest = {
             "version": version,
             "count": len(products),
             "dimension": int(vectors.shape[1]),
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
-            **(metadata or {}),
+            **metadata,
         }
-        with (staging / "products.jsonl").open("w", encoding="utf-8") as handle:
-            for product in products:
-                handle.write(product.model_dump_json() + "\n")
-        np.save(staging / "vectors.npy", np.ascontiguousarray(vectors, dtype=np.float32))
-        LexicalIndex.build([product_to_text(p) for p in products]).save(staging / "bm25")
-        (staging / _MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
-        staging.rename(self.root / version)
-        pointer = self.root / f"{_CURRENT}.{version}.tmp"
-        pointer.write_text(version + "\n", encoding="utf-8")
-        os.replace(pointer, self.root / _CURRENT)
-        logger.info("index %s now serves version %s", self.root, version)
-        self._checked_at = 0.0
-        self._prune()
-        return version
+        (folder / _MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
 
     def _remove_leftovers(self) -> None:
         current = self._current_version()

@@ -15,6 +15,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 EMBEDDING_DIM = 384
 #: Product fields that filters may address.
 FILTER_FIELDS = ("brand", "category", "price_min", "price_max")
+#: Lexical fields and their BM25 weights: scores add up across fields (``most_fields``).
+#: ``text`` is `product_to_text`; a half-weight title field favours title matches.
+LEXICAL_FIELDS: dict[str, float] = {"text": 1.0, "title": 0.5}
 
 _MAX_BULLETS = 5
 _MAX_ATTRIBUTES = 12
@@ -104,3 +107,8 @@ def product_to_text(product: Product) -> str:
     if product.description:
         parts.append(product.description)
     return " | ".join(parts)
+
+
+def lexical_texts(product: Product) -> dict[str, str]:
+    """The text of each field in `LEXICAL_FIELDS` for one product."""
+    return {"text": product_to_text(product), "title": product.title}

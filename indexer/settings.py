@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -27,6 +28,25 @@ class IndexerSettings(BaseSettings):
     encode_batch_size: int = Field(default=64, ge=1, le=4096)
     encoder_max_seq_length: int = Field(default=128, ge=16, le=512)
     query_cache_size: int = Field(default=4096, ge=0)
+
+    #: ``local`` (embedded, the default) or ``opensearch``.
+    store: Literal["local", "opensearch"] = "local"
+    opensearch_url: str = "http://127.0.0.1:9200"
+    #: Each shoprank index is an OpenSearch alias ``<prefix>-<index name>``.
+    opensearch_alias_prefix: str = Field(default="shoprank", pattern=r"^[a-z0-9][a-z0-9_-]*$")
+    opensearch_username: str | None = None
+    opensearch_password: SecretStr | None = None
+    opensearch_verify_certs: bool = True
+    opensearch_ca_certs: Path | None = None
+    opensearch_timeout_s: float = Field(default=10.0, gt=0)
+    opensearch_shards: int = Field(default=1, ge=1)
+    opensearch_replicas: int = Field(default=0, ge=0)
+    #: k-NN engine: ``lucene`` runs everywhere; ``faiss`` needs the native k-NN libraries.
+    opensearch_engine: Literal["lucene", "faiss", "nmslib"] = "lucene"
+    opensearch_hnsw_m: int = Field(default=16, ge=2)
+    opensearch_ef_construction: int = Field(default=128, ge=2)
+    opensearch_ef_search: int = Field(default=100, ge=1)
+    opensearch_keep_versions: int = Field(default=2, ge=1)
 
     @property
     def indexes_dir(self) -> Path:

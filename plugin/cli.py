@@ -60,7 +60,7 @@ def _setup_logging(verbose: bool) -> None:
         format="%(message)s",
         handlers=[RichHandler(console=console, show_path=False)],
     )
-    for noisy in ("httpx", "sentence_transformers", "transformers", "bm25s"):
+    for noisy in ("httpx", "sentence_transformers", "transformers"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
@@ -222,6 +222,7 @@ def demo(
         f"try:\n  curl -s {url}/search -H 'content-type: application/json' "
         """-d '{"query": "wireless earbuds", "k": 5, "explain": true}'\n""",
         highlight=False,
+        soft_wrap=True,
     )
     if not no_serve:
         _serve(settings)

@@ -156,7 +156,7 @@ def test_old_versions_are_pruned(store: LocalStore, tiny_products: list[Product]
 def test_a_reader_picks_up_a_rebuild_from_another_process(
     store: LocalStore, tiny_products: list[Product], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("indexer.local_store._RECHECK_SECONDS", 0.0)
+    monkeypatch.setattr("indexer.local_store.RECHECK_SECONDS", 0.0)
     reader = LocalStore(store.root)
     assert reader.count() == 6
     LocalStore(store.root).replace_all(tiny_products[:3], axis_vectors(3))

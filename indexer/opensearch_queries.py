@@ -1,0 +1,182 @@
+"""OpenSearch request bodies, built by pure functions (unit-tested without a server).
+
+Field names and the analyzer come from `indexer.schema` and `indexer.analysis`, the one source
+of truth shared with the local store.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from indexer.analysis import ANALYZER_NAME, opensearch_analysis_settings
+from indexer.schema import LEXICAL_FIELDS, Product, lexical_texts
+from indexer.store import Filters
+
+VECTOR_FIELD = "embedding"
+RECORD_FIELD = "product"
+META_KEY = "shoprank"
+_NORMALIZER = "shoprank_lower"
+
+
+@dataclass(frozen=True)
+class IndexLayout:
+    """How a versioned index is built."""
+
+    dimension: int
+    shards: int = 1
+    replicas: int = 0
+    engine: str = "lucene"
+    hnsw_m: int = 16
+    ef_construction: int = 128
+
+
+def build_index_body(layout: IndexLayout, meta: dict[str, Any]) -> dict[str, Any]:
+    """Settings and mapping of one index version."""
+    analysis = opensearch_analysis_settings()
+    analysis["normalizer"] = {_NORMALIZER: {"type": "custom", "filter": ["lowercase"]}}
+    text_fields = {name: {"type": "text", "analyzer": ANALYZER_NAME} for name in LEXICAL_FIELDS}
+    return {
+        "settings": {
+            "index": {
+                "knn": True,
+                "number_of_shards": layout.shards,
+                "number_of_replicas": layout.replicas,
+                "refresh_interval": "1s",
+            },
+            "analysis": analysis,
+        },
+        "mappings": {
+            "dynamic": False,
+            "_meta": {META_KEY: meta},
+            "properties": {
+                "id": {"type": "keyword"},
+                **text_fields,
+                "brand": {"type": "keyword", "normalizer": _NORMALIZER},
+                "category": {"type": "keyword", "normalizer": _NORMALIZER},
+                "price": {"type": "double"},
+                VECTOR_FIELD: {
+                    "type": "knn_vector",
+                    "dimension": layout.dimension,
+                    "method": {
+                        "name": "hnsw",
+                        "engine": layout.engine,
+                        "space_type": "cosinesimil",
+                        "parameters": {
+                            "m": layout.hnsw_m,
+                            "ef_construction": layout.ef_construction,
+                        },
+                    },
+                },
+                RECORD_FIELD: {"type": "object", "enabled": False},
+            },
+        },
+    }
+
+
+def build_document(product: Product, vector: npt.NDArray[np.float32]) -> dict[str, Any]:
+    """The indexed document: search fields, the vector and the full record for lookups."""
+    return {
+        "id": product.id,
+        **lexical_texts(product),
+        "brand": product.brand,
+        "category": product.category,
+        "price": product.price,
+        VECTOR_FIELD: [float(x) for x in vector],
+        RECORD_FIELD: product.model_dump(mode="json"),
+    }
+
+
+def build_bulk_actions(
+    index: str, products: Sequence[Product], vectors: npt.NDArray[np.float32]
+) -> Iterator[dict[str, Any]]:
+    for product, vector in zip(products, vectors, strict=True):
+        yield {
+            "_op_type": "index",
+            "_index": index,
+            "_id": product.id,
+            "_source": build_document(product, vector),
+        }
+
+
+def build_filter_clauses(filters: Filters | None) -> list[dict[str, Any]]:
+    """Filters as OpenSearch ``filter`` clauses (same semantics as `Filters.matches`)."""
+    if filters is None:
+        return []
+    clauses: list[dict[str, Any]] = []
+    if filters.brand is not None:
+        clauses.append({"terms": {"brand": [brand.lower() for brand in filters.brand]}})
+    if filters.category is not None:
+        clauses.append({"term": {"category": filters.category.lower()}})
+    if filters.price_min is not None or filters.price_max is not None:
+        bounds = {}
+        if filters.price_min is not None:
+            bounds["gte"] = filters.price_min
+        if filters.price_max is not None:
+            bounds["lte"] = filters.price_max
+        clauses.append({"range": {"price": bounds}})
+    return clauses
+
+
+# Equal scores are ordered by id, as in the local store.
+_SORT = [{"_score": {"order": "desc"}}, {"id": {"order": "asc"}}]
+
+
+def build_bm25_query(text: str, n: int, filters: Filters | None = None) -> dict[str, Any]:
+    """BM25 over every lexical field, scores summed with the field weights (``most_fields``)."""
+    fields = [f"{name}^{weight}" for name, weight in LEXICAL_FIELDS.items()]
+    return {
+        "size": n,
+        "_source": False,
+        "track_scores": True,
+        "sort": _SORT,
+        "query": {
+            "bool": {
+                "must": [
+                    {"multi_match": {"query": text, "type": "most_fields", "fields": fields}}
+                ],
+                "filter": build_filter_clauses(filters),
+            }
+        },
+    }
+
+
+def build_knn_query(
+    vector: npt.NDArray[np.float32],
+    n: int,
+    filters: Filters | None = None,
+    *,
+    ef_search: int | None = None,
+) -> dict[str, Any]:
+    """Approximate k-NN with the filters applied inside the graph search (efficient filtering)."""
+    knn: dict[str, Any] = {"vector": [float(x) for x in vector], "k": n}
+    clauses = build_filter_clauses(filters)
+    if clauses:
+        knn["filter"] = {"bool": {"filter": clauses}}
+    if ef_search is not None:
+        knn["method_parameters"] = {"ef_search": max(ef_search, n)}
+    return {
+        "size": n,
+        "_source": False,
+        "track_scores": True,
+        "sort": _SORT,
+        "query": {"knn": {VECTOR_FIELD: knn}},
+    }
+
+
+def cosine_from_score(score: float) -> float:
+    """OpenSearch reports cosine similarity as ``(1 + cos) / 2``; undo that."""
+    return 2.0 * score - 1.0
+
+
+def build_alias_swap(alias: str, new_index: str, old_indices: Sequence[str]) -> dict[str, Any]:
+    """One atomic ``_aliases`` request: the alias leaves the old versions and joins the new."""
+    actions: list[dict[str, Any]] = [
+        {"remove": {"index": old, "alias": alias}} for old in old_indices
+    ]
+    actions.append({"add": {"index": new_index, "alias": alias, "is_write_index": True}})
+    return {"actions": actions}

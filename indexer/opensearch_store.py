@@ -1,0 +1,319 @@
+"""`VectorStore` on OpenSearch: versioned indexes behind an alias, k-NN plus BM25.
+
+Every shoprank index is an alias (``<prefix>-<name>``) over one concrete index version
+(``<alias>-v<timestamp>-<hex>``). A rebuild fills a new version, checks its document count,
+marks it complete in its mapping ``_meta`` and swaps the alias in one atomic request; a failed
+or killed rebuild never touches the alias, and the next rebuild deletes what it left.
+No OpenSearch exception leaves this module: they become `indexer.errors` types.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import secrets
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import opensearchpy
+from opensearchpy import OpenSearch, helpers
+
+from indexer.errors import (
+    DimensionMismatchError,
+    IndexNotFoundError,
+    StoreError,
+    StoreUnavailableError,
+)
+from indexer.opensearch_queries import (
+    META_KEY,
+    RECORD_FIELD,
+    VECTOR_FIELD,
+    IndexLayout,
+    build_alias_swap,
+    build_bm25_query,
+    build_bulk_actions,
+    build_document,
+    build_index_body,
+    build_knn_query,
+    cosine_from_score,
+)
+from indexer.schema import EMBEDDING_DIM, Product
+from indexer.settings import IndexerSettings
+from indexer.store import Filters, ScoredId
+
+logger = logging.getLogger(__name__)
+
+_MAX_REPORTED_ERRORS = 10
+
+
+class OpenSearchStore:
+    """A `VectorStore` backed by an OpenSearch cluster; connects on first use."""
+
+    def __init__(
+        self, settings: IndexerSettings, index: str, *, dimension: int = EMBEDDING_DIM
+    ) -> None:
+        self.settings = settings
+        self.alias = f"{settings.opensearch_alias_prefix}-{index}"
+        self.url = settings.opensearch_url
+        self._layout = IndexLayout(
+            dimension=dimension,
+            shards=settings.opensearch_shards,
+            replicas=settings.opensearch_replicas,
+            engine=settings.opensearch_engine,
+            hnsw_m=settings.opensearch_hnsw_m,
+            ef_construction=settings.opensearch_ef_construction,
+        )
+        self._client: OpenSearch | None = None
+        self._lock = threading.Lock()
+        self._dimension: int | None = None
+
+    @property
+    def client(self) -> OpenSearch:
+        if self._client is None:
+            with self._lock:
+                if self._client is None:
+                    self._client = self._connect()
+        return self._client
+
+    def _connect(self) -> OpenSearch:
+        s = self.settings
+        auth = None
+        if s.opensearch_username is not None:
+            password = s.opensearch_password.get_secret_value() if s.opensearch_password else ""
+            auth = (s.opensearch_username, password)
+        return OpenSearch(
+            hosts=[self.url],
+            http_auth=auth,
+            verify_certs=s.opensearch_verify_certs,
+            ca_certs=str(s.opensearch_ca_certs) if s.opensearch_ca_certs else None,
+            timeout=s.opensearch_timeout_s,
+            max_retries=1,
+            retry_on_timeout=False,
+        )
+
+    @contextmanager
+    def _translated(self, action: str) -> Iterator[None]:
+        """Turn client exceptions into indexer errors that name the URL and the alias."""
+        try:
+            yield
+        except opensearchpy.ConnectionError as e:
+            raise StoreUnavailableError(
+                f"OpenSearch at {self.url} is unreachable while trying to {action}: {e.info}"
+            ) from e
+        except opensearchpy.NotFoundError as e:
+            raise IndexNotFoundError(
+                f"OpenSearch at {self.url} has no index or alias {self.alias!r} "
+                f"(run `shoprank reindex --store opensearch --catalog PATH`)"
+            ) from e
+        except opensearchpy.TransportError as e:
+            raise StoreError(
+                f"OpenSearch at {self.url} refused to {action} on {self.alias!r}: "
+                f"{e.status_code} {e.error}"
+            ) from e
+
+    # -- reading -------------------------------------------------------------------------
+
+    @property
+    def dimension(self) -> int:
+        if self._dimension is None:
+            with self._translated("read the mapping"):
+                mappings = self.client.indices.get_mapping(index=self.alias)
+            (mapping,) = mappings.values()
+            self._dimension = int(mapping["mappings"]["properties"][VECTOR_FIELD]["dimension"])
+        return self._dimension
+
+    def exists(self) -> bool:
+        with self._translated("look up the alias"):
+            return bool(self.client.indices.exists_alias(name=self.alias))
+
+    def count(self) -> int:
+        with self._translated("count documents"):
+            return int(self.client.count(index=self.alias)["count"])
+
+    def get(self, product_id: str) -> Product | None:
+        return self.get_many([product_id]).get(product_id)
+
+    def get_many(self, product_ids: Sequence[str]) -> dict[str, Product]:
+        if not product_ids:
+            return {}
+        with self._translated("fetch products"):
+            response = self.client.mget(
+                index=self.alias, body={"ids": list(product_ids)}, _source=[RECORD_FIELD]
+            )
+        return {
+            doc["_id"]: Product.model_validate(doc["_source"][RECORD_FIELD])
+            for doc in response["docs"]
+            if doc.get("found")
+        }
+
+    def search_bm25(self, text: str, n: int, filters: Filters | None = None) -> list[ScoredId]:
+        with self._translated("run a BM25 query"):
+            response = self.client.search(index=self.alias, body=build_bm25_query(text, n, filters))
+        return [ScoredId(hit["_id"], float(hit["_score"])) for hit in response["hits"]["hits"]]
+
+    def search_vector(
+        self, vector: npt.NDArray[np.float32], n: int, filters: Filters | None = None
+    ) -> list[ScoredId]:
+        self._check_dimension(vector.shape[-1])
+        body = build_knn_query(vector, n, filters, ef_search=self.settings.opensearch_ef_search)
+        with self._translated("run a k-NN query"):
+            response = self.client.search(index=self.alias, body=body)
+        return [
+            ScoredId(hit["_id"], cosine_from_score(float(hit["_score"])))
+            for hit in response["hits"]["hits"]
+        ]
+
+    def _check_dimension(self, dim: int) -> None:
+        if dim != self.dimension:
+            raise DimensionMismatchError(
+                f"vectors have {dim} dimensions, alias {self.alias!r} at {self.url} "
+                f"holds {self.dimension}-d vectors"
+            )
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    # -- writing -------------------------------------------------------------------------
+
+    def upsert(self, products: Sequence[Product], vectors: npt.NDArray[np.float32]) -> int:
+        """Index products into the serving version; searchable when this returns."""
+        if vectors.ndim != 2 or vectors.shape[0] != len(products):
+            raise DimensionMismatchError(
+                f"{len(products)} products need {len(products)} vectors, got shape {vectors.shape}"
+            )
+        self._check_dimension(vectors.shape[1])
+        with self._translated("index products"):
+            for product, vector in zip(products, vectors, strict=True):
+                self.client.index(
+                    index=self.alias,
+                    id=product.id,
+                    body=build_document(product, vector),
+                    refresh="wait_for",
+                )
+        return len(products)
+
+    def delete(self, product_ids: Sequence[str]) -> int:
+        deleted = 0
+        with self._translated("delete products"):
+            for product_id in product_ids:
+                try:
+                    self.client.delete(index=self.alias, id=product_id, refresh="wait_for")
+                    deleted += 1
+                except opensearchpy.NotFoundError as e:
+                    if e.error == "index_not_found_exception":
+                        raise
+        return deleted
+
+    def replace_all(
+        self,
+        products: Sequence[Product],
+        vectors: npt.NDArray[np.float32],
+        *,
+        metadata: dict[str, Any] | None = None,
+    ) -> str:
+        """Build a new version, verify it, then swap the alias atomically. Returns its name."""
+        if vectors.ndim != 2 or vectors.shape != (len(products), self._layout.dimension):
+            raise DimensionMismatchError(
+                f"{len(products)} products need ({len(products)}, {self._layout.dimension}) "
+                f"vectors, got shape {vectors.shape}"
+            )
+        if not products:
+            raise StoreError("refusing to build an empty index")
+        with self._translated("rebuild the index"):
+            self.remove_leftovers()
+            stamp = datetime.now(UTC).strftime("%Y%m%dt%H%M%S")
+            version = f"{self.alias}-v{stamp}-{secrets.token_hex(3)}"
+            meta = {"complete": False, "count": len(products), **(metadata or {})}
+            self.client.indices.create(index=version, body=build_index_body(self._layout, meta))
+            try:
+                self._bulk(version, products, vectors)
+                self.client.indices.refresh(index=version)
+                indexed = int(self.client.count(index=version)["count"])
+                if indexed != len(products):
+                    raise StoreError(
+                        f"index {version} holds {indexed} documents, expected {len(products)}"
+                    )
+            except BaseException:
+                logger.error("rebuild of %s failed; the alias still serves the old version",
+                             self.alias)
+                self.client.indices.delete(index=version, ignore_unavailable=True)
+                raise
+            self.client.indices.put_mapping(
+                index=version, body={"_meta": {META_KEY: {**meta, "complete": True}}}
+            )
+            old = self._aliased_indices()
+            self.client.indices.update_aliases(body=build_alias_swap(self.alias, version, old))
+            self._dimension = self._layout.dimension
+            logger.info("alias %s now serves %s (%d products)", self.alias, version, indexed)
+            self._prune()
+        return version
+
+    def _bulk(
+        self, index: str, products: Sequence[Product], vectors: npt.NDArray[np.float32]
+    ) -> None:
+        errors: list[str] = []
+        failed = 0
+        for ok, item in helpers.streaming_bulk(
+            self.client,
+            build_bulk_actions(index, products, vectors),
+            chunk_size=500,
+            max_retries=5,
+            initial_backoff=1,
+            raise_on_error=False,
+            yield_ok=False,
+        ):
+            if not ok:
+                failed += 1
+                if len(errors) < _MAX_REPORTED_ERRORS:
+                    detail = next(iter(item.values()))
+                    errors.append(f"{detail.get('_id')}: {detail.get('error')}")
+        if failed:
+            listed = "\n  ".join(errors)
+            raise StoreError(f"{failed} product(s) failed to index into {index}:\n  {listed}")
+
+    def _aliased_indices(self) -> list[str]:
+        if not self.client.indices.exists_alias(name=self.alias):
+            return []
+        return sorted(self.client.indices.get_alias(name=self.alias))
+
+    def _versions(self) -> dict[str, bool]:
+        """Every version index of this alias -> whether it was completed."""
+        found = self.client.indices.get_mapping(index=f"{self.alias}-v*", allow_no_indices=True)
+        pattern = re.compile(re.escape(self.alias) + r"-v\d{8}t\d{6}-[0-9a-f]{6}")
+        return {
+            name: bool(body["mappings"].get("_meta", {}).get(META_KEY, {}).get("complete"))
+            for name, body in found.items()
+            if pattern.fullmatch(name)
+        }
+
+    def remove_leftovers(self) -> list[str]:
+        """Delete incomplete versions that no alias points to (left by failed rebuilds)."""
+        serving = set(self._aliased_indices())
+        stale = [
+            name for name, complete in self._versions().items()
+            if not complete and name not in serving
+        ]
+        for name in stale:
+            logger.warning("removing leftover of an interrupted rebuild: %s", name)
+            self.client.indices.delete(index=name, ignore_unavailable=True)
+        return stale
+
+    def _prune(self) -> None:
+        serving = set(self._aliased_indices())
+        complete = sorted(n for n, done in self._versions().items() if done and n not in serving)
+        keep_old = self.settings.opensearch_keep_versions - 1
+        for name in complete[: max(0, len(complete) - keep_old)]:
+            self.client.indices.delete(index=name, ignore_unavailable=True)
+
+    def drop(self) -> None:
+        """Delete the alias and every version (tests and `shoprank` admin use)."""
+        with self._translated("drop the index"):
+            for name in self._versions():
+                self.client.indices.delete(index=name, ignore_unavailable=True)
