@@ -1,6 +1,7 @@
 """BM25 scored exactly as Lucene (and so OpenSearch) scores it, with cheap incremental updates.
 
-Lucene's BM25: ``idf * tf / (tf + k1 * (1 - b + b * dl / avgdl))`` with
+OpenSearch's BM25 (Lucene's ``LegacyBM25Similarity``, its default):
+``(k1 + 1) * idf * tf / (tf + k1 * (1 - b + b * dl / avgdl))`` with
 ``idf = ln(1 + (N - df + 0.5) / (df + 0.5))``, where ``dl`` is the field length after it went
 through Lucene's one-byte norm encoding (``SmallFloat.intToByte4``): exact below 24 terms, then
 rounded down to 4 significant bits. Reproducing that rounding keeps the local store's BM25 order
@@ -138,7 +139,7 @@ class LexicalIndex:
             tf = columns.data[start:end]
             df = end - start
             idf = math.log(1 + (self._doc_count - df + 0.5) / (df + 0.5))
-            scores[rows] += idf * tf / (tf + self._length_factor[rows])
+            scores[rows] += (K1 + 1) * idf * tf / (tf + self._length_factor[rows])
         return scores
 
     def save(self, folder: Path) -> None:

@@ -1,0 +1,74 @@
+"""OpenSearch request bodies, checked without a server."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from indexer.analysis import STOPWORDS
+from indexer.opensearch_queries import (
+    IndexLayout,
+    build_alias_swap,
+    build_bm25_query,
+    build_document,
+    build_index_body,
+    build_knn_query,
+    cosine_from_score,
+)
+from indexer.store import Filters
+from tests.conftest import make_product
+
+
+def test_index_body_declares_lucene_hnsw_and_the_shared_analyzer() -> None:
+    body = build_index_body(IndexLayout(dimension=384), {"complete": False})
+    assert body["settings"]["index"]["knn"] is True
+    vector = body["mappings"]["properties"]["embedding"]
+    assert vector["dimension"] == 384
+    assert vector["method"]["engine"] == "lucene"
+    assert vector["method"]["space_type"] == "cosinesimil"
+    analysis = body["settings"]["analysis"]
+    assert analysis["filter"]["shoprank_stop"]["stopwords"] == list(STOPWORDS)
+    assert body["mappings"]["properties"]["title"]["analyzer"] == "shoprank_text"
+    assert body["mappings"]["_meta"]["shoprank"] == {"complete": False}
+
+
+def test_knn_query_filters_inside_the_graph_search() -> None:
+    query = build_knn_query(
+        np.ones(3, dtype=np.float32), 10, Filters(brand="Acme", price_max=20), ef_search=4
+    )
+    knn = query["query"]["knn"]["embedding"]
+    assert knn["k"] == 10 and query["size"] == 10
+    assert knn["filter"] == {"bool": {"filter": [
+        {"terms": {"brand": ["acme"]}}, {"range": {"price": {"lte": 20}}}
+    ]}}
+    assert knn["method_parameters"] == {"ef_search": 10}  # never below k
+    assert "filter" not in build_knn_query(np.ones(3, dtype=np.float32), 5)["query"]["knn"][
+        "embedding"
+    ]
+
+
+def test_bm25_query_sums_weighted_fields() -> None:
+    query = build_bm25_query("red shoes", 7, Filters(category="Shoes"))
+    match = query["query"]["bool"]["must"][0]["multi_match"]
+    assert match == {"query": "red shoes", "type": "most_fields",
+                     "fields": ["text^1.0", "title^0.5"]}
+    assert query["query"]["bool"]["filter"] == [{"term": {"category": "shoes"}}]
+    assert query["sort"][1] == {"id": {"order": "asc"}}
+
+
+def test_document_keeps_the_full_record_and_the_vector() -> None:
+    product = make_product("a", "Desk lamp", brand="Ikea", price=10.0)
+    doc = build_document(product, np.array([0.5, 0.5], dtype=np.float32))
+    assert doc["embedding"] == [0.5, 0.5]
+    assert doc["product"]["title"] == "Desk lamp" and doc["text"].startswith("Desk lamp")
+
+
+def test_alias_swap_is_one_request() -> None:
+    body = build_alias_swap("shop", "shop-v2", ["shop-v1"])
+    assert body["actions"] == [
+        {"remove": {"index": "shop-v1", "alias": "shop"}},
+        {"add": {"index": "shop-v2", "alias": "shop", "is_write_index": True}},
+    ]
+
+
+def test_cosine_from_score_undoes_the_shift() -> None:
+    assert cosine_from_score(1.0) == 1.0 and cosine_from_score(0.5) == 0.0

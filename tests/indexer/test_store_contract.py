@@ -1,0 +1,159 @@
+"""One contract, every `VectorStore`: the local store and OpenSearch behave the same."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from indexer.errors import DimensionMismatchError, IndexNotFoundError, StoreError
+from indexer.retrieval import retrieve
+from indexer.schema import Product
+from indexer.store import Filters, VectorStore
+from tests.conftest import axis_vectors, make_product
+from tests.indexer.store_factories import STORE_KINDS, StoreFactory, store_factory
+
+
+@pytest.fixture(params=STORE_KINDS)
+def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreFactory]:
+    yield from store_factory(request.param, tmp_path)
+
+
+@pytest.fixture
+def store(make_store: StoreFactory, tiny_products: list[Product]) -> VectorStore:
+    store = make_store(8)
+    store.replace_all(tiny_products, axis_vectors(len(tiny_products)))
+    return store
+
+
+def test_implements_the_protocol(store: VectorStore) -> None:
+    assert isinstance(store, VectorStore)
+    assert store.count() == 6 and store.dimension == 8
+
+
+def test_get_returns_the_full_record(store: VectorStore, tiny_products: list[Product]) -> None:
+    assert store.get("p3") == tiny_products[2]
+    assert store.get("nope") is None
+    assert set(store.get_many(["p1", "p6", "nope"])) == {"p1", "p6"}
+
+
+def test_bm25_returns_term_matches_best_first(store: VectorStore) -> None:
+    hits = store.search_bm25("running", 10)
+    assert {h.product_id for h in hits} == {"p1", "p2", "p4", "p5"}
+    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+    assert store.search_bm25("the", 10) == []  # stop words only: nothing to match
+
+
+def test_vector_search_ranks_by_cosine(store: VectorStore, tiny_products: list[Product]) -> None:
+    vectors = axis_vectors(len(tiny_products))
+    hits = store.search_vector(vectors[2], 3)
+    assert hits[0].product_id == "p3"
+    assert hits[0].score == pytest.approx(1.0, abs=1e-4)
+    expected = np.argsort(-(vectors @ vectors[2]))[:3]
+    assert [h.product_id for h in hits] == [tiny_products[i].id for i in expected]
+    assert [h.score for h in hits] == pytest.approx(
+        sorted(vectors @ vectors[2], reverse=True)[:3], abs=1e-4
+    )
+
+
+@pytest.mark.parametrize(
+    ("filters", "expected"),
+    [
+        (Filters(brand="acme"), {"p1", "p3", "p4"}),
+        (Filters(brand=["Acme", "Bolt"]), {"p1", "p2", "p3", "p4", "p6"}),
+        (Filters(category="running"), {"p1", "p2"}),
+        (Filters(category="Clothing"), {"p3", "p4", "p5"}),
+        (Filters(price_min=40, price_max=80), {"p1", "p2", "p6"}),
+        (Filters(price_max=10), set()),
+        (Filters(brand="Acme", category="Clothing", price_min=100), {"p4"}),
+    ],
+)
+def test_filters_apply_inside_retrieval(
+    store: VectorStore, tiny_products: list[Product], filters: Filters, expected: set[str]
+) -> None:
+    assert expected == {p.id for p in tiny_products if filters.matches(p)}
+    hits = store.search_vector(axis_vectors(6)[5], 10, filters)
+    assert {h.product_id for h in hits} == expected
+    lexical = {h.product_id for h in store.search_bm25("running shoes dress jacket", 10, filters)}
+    assert lexical == {p for p in expected if p != "p6"}
+
+
+def test_filtered_query_still_returns_k_when_k_match(make_store: StoreFactory) -> None:
+    # The nearest products are all "Common"; a filtered top 5 must still hold five "Rare" ones.
+    products = [
+        make_product(f"x{i:03d}", f"widget {i}", brand="Rare" if i % 10 == 0 else "Common")
+        for i in range(200)
+    ]
+    noise = axis_vectors(200) * 0.1
+    query = np.eye(8, dtype=np.float32)[0]
+    vectors = np.array(
+        [(-query if i % 10 == 0 else query) + noise[i] for i in range(200)], dtype=np.float32
+    )
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    store = make_store(8)
+    store.replace_all(products, vectors)
+    assert all(int(hit.product_id[1:]) % 10 != 0 for hit in store.search_vector(query, 5))
+    hits = store.search_vector(query, 5, Filters(brand="Rare"))
+    assert len(hits) == 5 and all(int(h.product_id[1:]) % 10 == 0 for h in hits)
+    lexical = store.search_bm25("widget", 5, Filters(brand="Rare"))
+    assert len(lexical) == 5 and all(int(h.product_id[1:]) % 10 == 0 for h in lexical)
+
+
+def test_hybrid_fuses_both_lists(store: VectorStore) -> None:
+    candidates = retrieve(store, "hybrid", 4, text="red running", vector=axis_vectors(6)[2])
+    assert len(candidates) == 4
+    assert any(c.bm25 is not None and c.vector is not None for c in candidates)
+    fused = [c.fused for c in candidates]
+    assert fused == sorted(fused, reverse=True)  # type: ignore[type-var]
+
+
+def test_replace_all_swaps_the_whole_catalog(
+    store: VectorStore, tiny_products: list[Product]
+) -> None:
+    fresh = [make_product("n1", "espresso machine", brand="Bolt", price=300.0)]
+    store.replace_all(fresh, axis_vectors(1))
+    assert store.count() == 1 and store.get("p1") is None
+    assert [h.product_id for h in store.search_bm25("espresso", 5)] == ["n1"]
+
+
+def test_live_upsert_and_delete_are_searchable_within_a_second(
+    store: VectorStore, tiny_products: list[Product]
+) -> None:
+    new = make_product("p7", "espresso machine", brand="Bolt", category=["Kitchen"], price=99.0)
+    cheaper = tiny_products[1].model_copy(update={"price": 20.0, "title": "blue trail shoes"})
+    vectors = axis_vectors(8)[6:8]
+    started = time.monotonic()
+    assert store.upsert([new, cheaper], vectors) == 2
+    assert [h.product_id for h in store.search_bm25("espresso", 5)] == ["p7"]
+    assert store.search_vector(vectors[0], 1)[0].product_id == "p7"
+    in_range = store.search_bm25("shoes", 10, Filters(price_max=25))
+    assert [h.product_id for h in in_range] == ["p2"]
+    assert store.delete(["p6", "missing"]) == 1
+    assert store.search_bm25("coffee grinder", 5) == [] and store.get("p6") is None
+    assert time.monotonic() - started < 5  # each step above returned searchable data
+    assert store.count() == 6
+
+
+def test_vectors_of_the_wrong_dimension_are_rejected(store: VectorStore) -> None:
+    with pytest.raises(DimensionMismatchError, match="8-d"):
+        store.search_vector(np.ones(5, dtype=np.float32), 3)
+    with pytest.raises(DimensionMismatchError):
+        store.upsert([make_product("z", "zzz")], np.ones((1, 5), dtype=np.float32))
+
+
+def test_bad_rebuild_input_leaves_the_serving_index(
+    store: VectorStore, tiny_products: list[Product]
+) -> None:
+    with pytest.raises(DimensionMismatchError):
+        store.replace_all(tiny_products, axis_vectors(3))
+    with pytest.raises(StoreError, match="empty"):
+        store.replace_all([], np.zeros((0, 8), dtype=np.float32))
+    assert store.count() == 6
+
+
+def test_a_missing_index_is_a_clear_error(make_store: StoreFactory) -> None:
+    with pytest.raises(IndexNotFoundError, match="reindex"):
+        make_store(8).count()
