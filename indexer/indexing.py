@@ -38,6 +38,14 @@ def index_products(
     return store.replace_all(products, vectors, metadata=metadata)
 
 
+def upsert_products(
+    store: VectorStore, products: Sequence[Product], encoder: BiEncoder, *, progress: bool = False
+) -> int:
+    """Embed products and add or replace them in the serving index."""
+    vectors = encoder.encode_texts([product_to_text(p) for p in products], progress=progress)
+    return store.upsert(products, vectors)
+
+
 def reindex_catalog(
     store: VectorStore,
     catalog: Path,

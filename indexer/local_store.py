@@ -144,6 +144,10 @@ class LocalStore:
         return snapshot.applied(upserts, deletes, snapshot.log_offset + len(complete))
 
     @property
+    def location(self) -> str:
+        return str(self.root)
+
+    @property
     def dimension(self) -> int:
         return int(self._state().vectors.shape[1])
 

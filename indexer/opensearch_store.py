@@ -119,6 +119,10 @@ class OpenSearchStore:
     # -- reading -------------------------------------------------------------------------
 
     @property
+    def location(self) -> str:
+        return f"{self.url} (alias {self.alias})"
+
+    @property
     def dimension(self) -> int:
         if self._dimension is None:
             with self._translated("read the mapping"):

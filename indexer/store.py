@@ -91,6 +91,15 @@ class VectorStore(Protocol):
     @property
     def dimension(self) -> int: ...
 
+    @property
+    def location(self) -> str:
+        """Where the index lives, for messages (a folder, or a URL and an alias)."""
+        ...
+
+    def exists(self) -> bool:
+        """Whether a complete serving index is there."""
+        ...
+
     def count(self) -> int: ...
 
     def get(self, product_id: str) -> Product | None: ...
@@ -114,6 +123,14 @@ class VectorStore(Protocol):
 
         A failure leaves the serving version untouched.
         """
+        ...
+
+    def upsert(self, products: Sequence[Product], vectors: npt.NDArray[np.float32]) -> int:
+        """Add or replace products in the serving index; searchable when this returns."""
+        ...
+
+    def delete(self, product_ids: Sequence[str]) -> int:
+        """Remove products from the serving index; returns how many existed."""
         ...
 
     def close(self) -> None: ...

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import logging
+import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated
 
-from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi import Depends, FastAPI, Header, HTTPException, Request, Response
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
-from indexer.errors import IndexerError, IndexNotFoundError
+from indexer.errors import IndexerError, IndexNotFoundError, StoreUnavailableError
+from indexer.indexing import upsert_products
 from indexer.schema import Product
 from plugin.components import build_pipeline
 from plugin.errors import RerankNotConfiguredError
@@ -35,7 +38,31 @@ def get_pipeline(request: Request) -> SearchPipeline:
     return pipeline
 
 
+def require_admin(
+    request: Request, x_api_key: Annotated[str | None, Header()] = None
+) -> None:
+    """Admin endpoints need ``X-API-Key`` equal to ``SHOPRANK_ADMIN_API_KEY``."""
+    expected = request.app.state.settings.admin_api_key
+    if expected is None:
+        raise HTTPException(
+            status_code=403, detail="the admin API is disabled: set SHOPRANK_ADMIN_API_KEY"
+        )
+    if x_api_key is None or not secrets.compare_digest(
+        x_api_key.encode(), expected.get_secret_value().encode()
+    ):
+        raise HTTPException(
+            status_code=401,
+            detail="missing or wrong X-API-Key header",
+            headers={"WWW-Authenticate": "ApiKey"},
+        )
+
+
 PipelineDep = Annotated[SearchPipeline, Depends(get_pipeline)]
+
+
+def _unavailable(request: Request, error: Exception) -> JSONResponse:
+    logger.warning("%s %s: %s", request.method, request.url.path, error)
+    return JSONResponse(status_code=503, content={"detail": str(error)})
 
 
 def create_app(settings: Settings | None = None, pipeline: SearchPipeline | None = None) -> FastAPI:
@@ -49,8 +76,8 @@ def create_app(settings: Settings | None = None, pipeline: SearchPipeline | None
         try:
             app.state.pipeline.store.count()
             app.state.pipeline.encoder.encode_query("warm up")
-        except IndexNotFoundError as e:
-            logger.warning("starting without an index: %s", e)
+        except IndexerError as e:
+            logger.warning("starting without a usable index: %s", e)
         yield
         app.state.pipeline.store.close()
         app.state.pipeline.reranker.close()
@@ -61,6 +88,9 @@ def create_app(settings: Settings | None = None, pipeline: SearchPipeline | None
         version="0.1.0",
         lifespan=lifespan,
     )
+    # A missing index or an unreachable store is "not available", never a 500.
+    app.add_exception_handler(IndexNotFoundError, _unavailable)
+    app.add_exception_handler(StoreUnavailableError, _unavailable)
 
     @app.post("/search", response_model=SearchResponse, response_model_exclude_none=True)
     def search(body: SearchRequest, pipeline: PipelineDep) -> SearchResponse:
@@ -68,21 +98,39 @@ def create_app(settings: Settings | None = None, pipeline: SearchPipeline | None
             return pipeline.search(body)
         except RerankNotConfiguredError as e:
             raise HTTPException(status_code=400, detail=str(e)) from e
-        except IndexNotFoundError as e:
-            raise HTTPException(status_code=503, detail=str(e)) from e
+        except (IndexNotFoundError, StoreUnavailableError):
+            raise
         except (IndexerError, RerankerError) as e:
             logger.exception("search failed")
             raise HTTPException(status_code=503, detail=f"search backend failed: {e}") from e
 
     @app.get("/products/{product_id}", response_model=Product)
     def get_product(product_id: str, pipeline: PipelineDep) -> Product:
-        try:
-            product = pipeline.store.get(product_id)
-        except IndexNotFoundError as e:
-            raise HTTPException(status_code=503, detail=str(e)) from e
+        product = pipeline.store.get(product_id)
         if product is None:
             raise HTTPException(status_code=404, detail=f"no product with id {product_id!r}")
         return product
+
+    @app.put(
+        "/products/{product_id}", response_model=Product, dependencies=[Depends(require_admin)]
+    )
+    def put_product(product_id: str, body: Product, pipeline: PipelineDep) -> Product:
+        """Add or replace one product; it is searchable when the response arrives."""
+        if body.id != product_id:
+            raise HTTPException(
+                status_code=422,
+                detail=f"body id {body.id!r} does not match the path id {product_id!r}",
+            )
+        upsert_products(pipeline.store, [body], pipeline.encoder)
+        return body
+
+    @app.delete(
+        "/products/{product_id}", status_code=204, dependencies=[Depends(require_admin)]
+    )
+    def delete_product(product_id: str, pipeline: PipelineDep) -> Response:
+        if pipeline.store.delete([product_id]) == 0:
+            raise HTTPException(status_code=404, detail=f"no product with id {product_id!r}")
+        return Response(status_code=204)
 
     @app.get("/healthz", response_model=Health, response_model_exclude_none=True)
     def healthz(request: Request) -> Health:

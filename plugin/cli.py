@@ -15,9 +15,10 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Table
 
+from indexer.catalog import load_catalog
 from indexer.errors import CatalogError, IndexerError
-from indexer.indexing import reindex_catalog
-from indexer.local_store import LocalStore
+from indexer.indexing import reindex_catalog, upsert_products
+from indexer.settings import IndexerSettings
 from indexer.store import Filters, RetrievalMode
 from plugin.components import build_encoder, build_pipeline, build_store
 from plugin.demo import DEMO_CATALOG, DEMO_INDEX
@@ -47,6 +48,12 @@ IndexOption = Annotated[
     str | None, typer.Option("--index", help="Index name under $SHOPRANK_HOME/indexes.")
 ]
 ModeOption = Annotated[str, typer.Option("--mode", "-m", help="bm25, vector or hybrid.")]
+StoreOption = Annotated[
+    str | None, typer.Option("--store", help="local (default) or opensearch.")
+]
+UrlOption = Annotated[
+    str | None, typer.Option("--opensearch-url", help="OpenSearch URL (with --store opensearch).")
+]
 
 
 def _fail(message: str, code: int = 2) -> NoReturn:
@@ -62,11 +69,20 @@ def _setup_logging(verbose: bool) -> None:
     )
     for noisy in ("httpx", "sentence_transformers", "transformers"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # The client logs every failed connection with a traceback; our own message names the URL.
+    logging.getLogger("opensearch").setLevel(logging.ERROR)
 
 
-def _settings(**overrides: object) -> Settings:
+def _settings(
+    *, store: str | None = None, opensearch_url: str | None = None, **overrides: object
+) -> Settings:
     values = {key: value for key, value in overrides.items() if value is not None}
+    indexer = {"store": store, "opensearch_url": opensearch_url}
     try:
+        if any(value is not None for value in indexer.values()):
+            values["indexer"] = IndexerSettings.model_validate(
+                {key: value for key, value in indexer.items() if value is not None}
+            )
         return Settings.model_validate(values)
     except ValidationError as e:
         _fail(str(e))
@@ -92,6 +108,8 @@ def _reindex(settings: Settings, catalog: Path, *, strict: bool) -> None:
         )
     except CatalogError as e:
         _fail(str(e))
+    except IndexerError as e:
+        _fail(f"reindex failed, the serving index is unchanged: {e}", code=1)
     for error in load.errors[:10]:
         console.print(f"[yellow]skipped[/] {catalog}: {error}", highlight=False)
     if report.skipped_lines:
@@ -103,7 +121,7 @@ def _reindex(settings: Settings, catalog: Path, *, strict: bool) -> None:
         )
     console.print(
         f"indexed {report.indexed} products into [bold]{settings.index}[/] "
-        f"(version {report.version}) at {store.root}"
+        f"(version {report.version}) at {store.location}"
     )
 
 
@@ -114,9 +132,52 @@ def reindex(
     strict: Annotated[
         bool, typer.Option("--strict", help="Fail on any invalid line; write nothing.")
     ] = False,
+    store: StoreOption = None,
+    opensearch_url: UrlOption = None,
 ) -> None:
-    """Validate a catalog, embed it and swap it in as the serving index."""
-    _reindex(_settings(index=index), catalog, strict=strict)
+    """Validate a catalog, embed it and swap it in as the serving index (zero downtime)."""
+    settings = _settings(index=index, store=store, opensearch_url=opensearch_url)
+    _reindex(settings, catalog, strict=strict)
+
+
+@app.command()
+def upsert(
+    catalog: Annotated[Path, typer.Option("--catalog", "-c", help="Products to add or replace.")],
+    index: IndexOption = None,
+    strict: Annotated[bool, typer.Option("--strict")] = False,
+    store: StoreOption = None,
+    opensearch_url: UrlOption = None,
+) -> None:
+    """Add or replace products in the serving index; searchable when this returns."""
+    settings = _settings(index=index, store=store, opensearch_url=opensearch_url)
+    target = build_store(settings)
+    try:
+        load = load_catalog(catalog, strict=strict)
+        count = upsert_products(target, load.products, build_encoder(settings.indexer))
+    except CatalogError as e:
+        _fail(str(e))
+    except IndexerError as e:
+        _fail(str(e), code=1)
+    for error in load.errors[:10]:
+        console.print(f"[yellow]skipped[/] {catalog}: {error}", highlight=False)
+    console.print(f"upserted {count} products into {settings.index} at {target.location}")
+
+
+@app.command()
+def delete(
+    product_ids: Annotated[list[str], typer.Argument(help="Product ids to remove.")],
+    index: IndexOption = None,
+    store: StoreOption = None,
+    opensearch_url: UrlOption = None,
+) -> None:
+    """Remove products from the serving index."""
+    settings = _settings(index=index, store=store, opensearch_url=opensearch_url)
+    target = build_store(settings)
+    try:
+        removed = target.delete(product_ids)
+    except IndexerError as e:
+        _fail(str(e), code=1)
+    console.print(f"deleted {removed} of {len(product_ids)} products from {target.location}")
 
 
 @app.command()
@@ -131,9 +192,11 @@ def search(
     as_json: Annotated[bool, typer.Option("--json", help="Print the response as JSON.")] = False,
     explain: Annotated[bool, typer.Option("--explain")] = False,
     index: IndexOption = None,
+    store: StoreOption = None,
+    opensearch_url: UrlOption = None,
 ) -> None:
     """Search the index from the terminal."""
-    settings = _settings(index=index)
+    settings = _settings(index=index, store=store, opensearch_url=opensearch_url)
     try:
         filters = Filters(
             brand=brand or None, category=category, price_min=price_min, price_max=price_max
@@ -182,10 +245,13 @@ def serve(
     checkpoint: Annotated[
         Path | None, typer.Option("--checkpoint", help="Cross-encoder checkpoint folder.")
     ] = None,
+    store: StoreOption = None,
+    opensearch_url: UrlOption = None,
 ) -> None:
     """Serve the HTTP API (OpenAPI docs at /docs)."""
     settings = _settings(
-        host=host, port=port, index=index, reranker=reranker, reranker_checkpoint=checkpoint
+        host=host, port=port, index=index, reranker=reranker, reranker_checkpoint=checkpoint,
+        store=store, opensearch_url=opensearch_url,
     )
     _serve(settings)
 
@@ -213,7 +279,7 @@ def demo(
 ) -> None:
     """Index the bundled ESCI catalog if needed, then serve it."""
     settings = _settings(host=host, port=port, index=DEMO_INDEX)
-    if not LocalStore(settings.index_root).exists():
+    if not _index_exists(settings):
         console.print(f"indexing the bundled demo catalog {DEMO_CATALOG.name} (first run only)")
         _reindex(settings, DEMO_CATALOG, strict=False)
     url = f"http://{settings.host}:{settings.port}"
@@ -226,6 +292,13 @@ def demo(
     )
     if not no_serve:
         _serve(settings)
+
+
+def _index_exists(settings: Settings) -> bool:
+    try:
+        return build_store(settings).exists()
+    except IndexerError as e:
+        _fail(str(e), code=1)
 
 
 def _eval_index_name(catalog: Path) -> str:
@@ -252,6 +325,8 @@ def evaluate(
     index: IndexOption = None,
     reranker: Annotated[str | None, typer.Option("--reranker")] = None,
     checkpoint: Annotated[Path | None, typer.Option("--checkpoint")] = None,
+    store: StoreOption = None,
+    opensearch_url: UrlOption = None,
 ) -> None:
     """Score search on judged queries: nDCG@k, MRR@k, Recall@100 and judged@k."""
     if not catalog.is_file():
@@ -260,6 +335,8 @@ def evaluate(
         index=index or _eval_index_name(catalog),
         reranker=reranker,
         reranker_checkpoint=checkpoint,
+        store=store,
+        opensearch_url=opensearch_url,
     )
     gain_table = ESCI_GAINS if esci else None
     try:
@@ -269,7 +346,7 @@ def evaluate(
         judgments = load_qrels(qrels)
     except RerankerError as e:
         _fail(str(e))
-    if not LocalStore(settings.index_root).exists():
+    if not _index_exists(settings):
         _reindex(settings, catalog, strict=False)
     try:
         pipeline = build_pipeline(settings)

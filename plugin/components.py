@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from indexer.encoder import BiEncoder
 from indexer.local_store import LocalStore
+from indexer.opensearch_store import OpenSearchStore
 from indexer.settings import IndexerSettings
+from indexer.store import VectorStore
 from plugin.errors import PluginError
 from plugin.pipeline import SearchPipeline
 from plugin.settings import Settings
@@ -21,7 +23,9 @@ def build_encoder(settings: IndexerSettings) -> BiEncoder:
     )
 
 
-def build_store(settings: Settings) -> LocalStore:
+def build_store(settings: Settings) -> VectorStore:
+    if settings.indexer.store == "opensearch":
+        return OpenSearchStore(settings.indexer, settings.index)
     return LocalStore(settings.index_root)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from indexer.settings import IndexerSettings
@@ -27,6 +27,8 @@ class Settings(BaseSettings):
     candidates: int = Field(default=100, ge=1, le=1000)
     #: How many of the best candidates the cross-encoder rescores.
     rerank_window: int = Field(default=50, ge=1, le=1000)
+    #: Key for the admin endpoints (PUT/DELETE /products); unset disables them.
+    admin_api_key: SecretStr | None = None
     indexer: IndexerSettings = Field(default_factory=IndexerSettings)
 
     @property

@@ -90,3 +90,36 @@ def test_openapi_documents_the_search_body(client: TestClient) -> None:
     assert {"/search", "/products/{product_id}", "/healthz", "/readyz"} <= set(spec["paths"])
     props = spec["components"]["schemas"]["SearchRequest"]["properties"]
     assert props["k"]["maximum"] == 100
+
+
+def test_admin_endpoints_are_off_without_a_key(client: TestClient) -> None:
+    response = client.put("/products/a1", json={"id": "a1", "title": "x"})
+    assert response.status_code == 403 and "SHOPRANK_ADMIN_API_KEY" in response.json()["detail"]
+
+
+def test_admin_endpoints_reject_a_wrong_key() -> None:
+    settings = Settings(index="empty", admin_api_key="s3cret")  # type: ignore[arg-type]
+    with TestClient(create_app(settings)) as client:
+        for headers in ({}, {"X-API-Key": "guess"}):
+            response = client.delete("/products/a1", headers=headers)
+            assert response.status_code == 401, headers
+            assert "X-API-Key" in response.json()["detail"]
+        bad = client.put("/products/a1", headers={"X-API-Key": "s3cret"},
+                         json={"id": "a1", "title": "x", "price": -2})
+        assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["body", "price"]
+        other = client.put("/products/a1", headers={"X-API-Key": "s3cret"},
+                           json={"id": "b2", "title": "x"})
+        assert other.status_code == 422 and "does not match" in other.json()["detail"]
+
+
+def test_unreachable_opensearch_is_a_503_naming_the_url() -> None:
+    settings = Settings.model_validate(
+        {"index": "x", "indexer": {"store": "opensearch",
+                                   "opensearch_url": "http://127.0.0.1:9"}}
+    )
+    with TestClient(create_app(settings)) as client:
+        response = client.post("/search", json={"query": "shoes", "mode": "bm25"})
+        assert response.status_code == 503
+        assert "http://127.0.0.1:9" in response.json()["detail"]
+        assert client.get("/readyz").status_code == 503
+        assert client.get("/products/a1").status_code == 503

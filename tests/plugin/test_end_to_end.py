@@ -8,22 +8,33 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from indexer.opensearch_store import OpenSearchStore
 from tests.conftest import demo_slice
+from tests.indexer.store_factories import OPENSEARCH_URL, STORE_KINDS, opensearch_settings
 
 pytestmark = pytest.mark.slow
 
 SLICE = 300
+ADMIN_KEY = "e2e-admin-key"
 
 
-def shoprank(*args: str, home: Path, check: bool = True) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "SHOPRANK_HOME": str(home), "HF_HUB_OFFLINE": "1"}
+@dataclass(frozen=True)
+class Deployment:
+    home: Path
+    env: dict[str, str]
+
+
+def shoprank(*args: str, home: Deployment, check: bool = True) -> subprocess.CompletedProcess[str]:
+    env = home.env
     result = subprocess.run(
         [sys.executable, "-m", "plugin", *args],
         env=env, capture_output=True, text=True, timeout=600,
@@ -44,27 +55,43 @@ def records() -> list[dict[str, Any]]:
     return list(demo_slice(SLICE))
 
 
-@pytest.fixture(scope="module")
-def home(tmp_path_factory: pytest.TempPathFactory, records: list[dict[str, Any]]) -> Path:
-    home = tmp_path_factory.mktemp("e2e") / "home"
-    catalog = home.parent / "slice.jsonl"
+@pytest.fixture(scope="module", params=STORE_KINDS)
+def home(
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    records: list[dict[str, Any]],
+) -> Iterator[Deployment]:
+    folder = tmp_path_factory.mktemp("e2e") / "home"
+    deployment = Deployment(folder, {
+        **os.environ,
+        "SHOPRANK_HOME": str(folder),
+        "HF_HUB_OFFLINE": "1",
+        "SHOPRANK_STORE": request.param,
+        "SHOPRANK_OPENSEARCH_URL": OPENSEARCH_URL,
+        "SHOPRANK_OPENSEARCH_ALIAS_PREFIX": "shoprank-test",
+        "SHOPRANK_INDEX": f"e2e-{uuid.uuid4().hex[:8]}",
+        "SHOPRANK_ADMIN_API_KEY": ADMIN_KEY,
+    })
+    catalog = folder.parent / "slice.jsonl"
     lines = [json.dumps(r) for r in records]
     lines.insert(10, '{"id": "broken", "title": ')  # a bad line is skipped and counted
     catalog.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    result = shoprank("reindex", "--catalog", str(catalog), home=home)
+    result = shoprank("reindex", "--catalog", str(catalog), home=deployment)
     assert f"indexed {SLICE} products" in result.stderr
     assert "1 invalid line(s) skipped" in result.stderr
     assert "line 11" in result.stderr
-    return home
+    yield deployment
+    if request.param == "opensearch":
+        settings = opensearch_settings()
+        OpenSearchStore(settings, deployment.env["SHOPRANK_INDEX"]).drop()
 
 
 @pytest.fixture(scope="module")
-def server(home: Path) -> Iterator[str]:
+def server(home: Deployment) -> Iterator[str]:
     port = free_port()
-    env = {**os.environ, "SHOPRANK_HOME": str(home), "HF_HUB_OFFLINE": "1"}
     process = subprocess.Popen(
         [sys.executable, "-m", "plugin", "serve", "--port", str(port)],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env=home.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -149,7 +176,7 @@ def test_product_lookup(server: str, records: list[dict[str, Any]]) -> None:
     assert missing.status_code == 404 and "nope" in missing.json()["detail"]
 
 
-def test_cli_search_prints_json(home: Path, records: list[dict[str, Any]]) -> None:
+def test_cli_search_prints_json(home: Deployment, records: list[dict[str, Any]]) -> None:
     result = shoprank("search", records[0]["title"], "-k", "3", "--mode", "bm25", "--json",
                       home=home)
     body = json.loads(result.stdout)
@@ -157,9 +184,9 @@ def test_cli_search_prints_json(home: Path, records: list[dict[str, Any]]) -> No
 
 
 def test_cli_eval_reports_metrics_and_writes_a_trec_run(
-    home: Path, records: list[dict[str, Any]], tmp_path: Path
+    home: Deployment, records: list[dict[str, Any]], tmp_path: Path
 ) -> None:
-    catalog = home.parent / "slice.jsonl"
+    catalog = home.home.parent / "slice.jsonl"
     queries = tmp_path / "queries.tsv"
     qrels = tmp_path / "qrels.txt"
     sample = records[:20]
@@ -168,7 +195,8 @@ def test_cli_eval_reports_metrics_and_writes_a_trec_run(
     run = tmp_path / "run.txt"
     result = shoprank(
         "eval", "--catalog", str(catalog), "--queries", str(queries), "--qrels", str(qrels),
-        "--index", "default", "--mode", "bm25", "--json", "--run-out", str(run), home=home,
+        "--index", home.env["SHOPRANK_INDEX"], "--mode", "bm25", "--json", "--run-out", str(run),
+        home=home,
     )
     summary = json.loads(result.stdout)
     assert summary["queries"] == 20
@@ -178,11 +206,25 @@ def test_cli_eval_reports_metrics_and_writes_a_trec_run(
     assert len({line.split()[0] for line in lines}) == 20
 
 
-def test_strict_reindex_writes_nothing(home: Path, tmp_path: Path) -> None:
-    bad = tmp_path / "bad.jsonl"
-    bad.write_text('{"id": "a", "title": "ok"}\n{"id": "b", "price": -3, "title": "x"}\n')
-    result = shoprank("reindex", "--catalog", str(bad), "--strict", "--index", "strict",
-                      home=home, check=False)
-    assert result.returncode == 2
-    assert "line 2" in result.stderr and "price" in result.stderr
-    assert not (home / "indexes" / "strict" / "CURRENT").exists()
+def test_admin_put_is_searchable_within_a_second_and_delete_removes(server: str) -> None:
+    product = {"id": "zz-new-1", "title": "Quokka plush toy with glitter ears", "brand": "Zoo",
+               "category": ["Toys"], "price": 12.5}
+    headers = {"X-API-Key": ADMIN_KEY}
+    started = time.monotonic()
+    response = httpx.put(f"{server}/products/zz-new-1", json=product, headers=headers, timeout=30)
+    assert response.status_code == 200, response.text
+    hits = search(server, query="quokka plush", k=3, mode="bm25")["results"]
+    assert time.monotonic() - started < 1.0 + 0.5  # the PUT answers once it is searchable
+    assert hits[0]["id"] == "zz-new-1"
+    filtered = search(server, query="toy", k=5, filters={"brand": "zoo", "price_max": 13})
+    assert [hit["id"] for hit in filtered["results"]] == ["zz-new-1"]
+    cheaper = httpx.put(f"{server}/products/zz-new-1", json={**product, "price": 20.0},
+                        headers=headers, timeout=30)
+    assert cheaper.status_code == 200
+    assert search(server, query="toy", k=5, filters={"brand": "zoo", "price_max": 13})[
+        "results"] == []
+    assert httpx.delete(f"{server}/products/zz-new-1", headers=headers).status_code == 204
+    assert httpx.get(f"{server}/products/zz-new-1").status_code == 404
+    assert all(hit["id"] != "zz-new-1"
+               for hit in search(server, query="quokka plush", k=3, mode="bm25")["results"])
+    assert httpx.delete(f"{server}/products/zz-new-1", headers=headers).status_code == 404

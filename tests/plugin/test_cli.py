@@ -1,0 +1,39 @@
+"""CLI behaviour that needs no model: clear errors and exit codes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from plugin.cli import app
+
+runner = CliRunner()
+
+
+def test_unreachable_opensearch_names_the_url() -> None:
+    result = runner.invoke(app, ["search", "shoes", "--mode", "bm25", "--store", "opensearch",
+                                 "--opensearch-url", "http://127.0.0.1:9"])
+    assert result.exit_code == 1
+    assert "http://127.0.0.1:9" in result.output and "unreachable" in result.output
+
+
+def test_unknown_store_and_bad_mode_exit_2(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["search", "shoes", "--store", "elastic"])
+    assert result.exit_code == 2 and "store" in result.output
+    result = runner.invoke(app, ["search", "shoes", "--mode", "fuzzy"])
+    assert result.exit_code == 2 and "--mode" in result.output
+
+
+def test_oversized_query_names_the_limit() -> None:
+    result = runner.invoke(app, ["search", "x" * 600])
+    assert result.exit_code == 2 and "512" in result.output
+
+
+def test_strict_reindex_writes_nothing(tmp_path: Path, _isolated_home: Path) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": "a", "title": "ok"}\n{"id": "b", "price": -3, "title": "x"}\n')
+    result = runner.invoke(app, ["reindex", "--catalog", str(bad), "--strict"])
+    assert result.exit_code == 2
+    assert "line 2" in result.output and "price" in result.output
+    assert not (_isolated_home / "indexes" / "default" / "CURRENT").exists()
