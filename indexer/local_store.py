@@ -261,7 +261,7 @@ class LocalStore:
             raise StoreError("refusing to build an empty index")
         with self._writer():
             self._remove_leftovers()
-            stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+            stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")  # sorts by age
             version = f"v{stamp}-{secrets.token_hex(3)}"
             staging = self.root / f"{_BUILDING_PREFIX}{version}"
             staging.mkdir()

@@ -232,7 +232,7 @@ class OpenSearchStore:
             raise StoreError("refusing to build an empty index")
         with self._translated("rebuild the index"):
             self.remove_leftovers()
-            stamp = datetime.now(UTC).strftime("%Y%m%dt%H%M%S")
+            stamp = datetime.now(UTC).strftime("%Y%m%dt%H%M%S%f")  # sorts by age
             version = f"{self.alias}-v{stamp}-{secrets.token_hex(3)}"
             meta = {"complete": False, "count": len(products), **(metadata or {})}
             self.client.indices.create(index=version, body=build_index_body(self._layout, meta))
@@ -290,7 +290,7 @@ class OpenSearchStore:
     def _versions(self) -> dict[str, bool]:
         """Every version index of this alias -> whether it was completed."""
         found = self.client.indices.get_mapping(index=f"{self.alias}-v*", allow_no_indices=True)
-        pattern = re.compile(re.escape(self.alias) + r"-v\d{8}t\d{6}-[0-9a-f]{6}")
+        pattern = re.compile(re.escape(self.alias) + r"-v\d{8}t\d{12}-[0-9a-f]{6}")
         return {
             name: bool(body["mappings"].get("_meta", {}).get(META_KEY, {}).get("complete"))
             for name, body in found.items()
