@@ -21,6 +21,9 @@ STOPWORDS: tuple[str, ...] = (
     "these", "they", "this", "to", "was", "will", "with",
 )
 TOKEN_PATTERN = r"[\p{L}\p{N}]+"
+#: Changes whenever `analyze` would produce other terms: a local index built with another
+#: version must be rebuilt, since its stored terms no longer match analysed queries.
+ANALYZER_VERSION = "letters-digits/lucene-stop/minimal-english/1"
 ANALYZER_NAME = "shoprank_text"
 
 _TOKEN = regex.compile(TOKEN_PATTERN)

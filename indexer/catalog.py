@@ -36,7 +36,6 @@ class CatalogLoad:
     products: list[Product]
     errors: list[LineError] = field(default_factory=list)
     duplicate_ids: list[str] = field(default_factory=list)
-    lines_read: int = 0
 
 
 def _open_text(path: Path) -> IO[str]:
@@ -95,7 +94,6 @@ def load_catalog(path: Path | str, *, strict: bool = False) -> CatalogLoad:
     by_id: dict[str, Product] = {}
     load = CatalogLoad(products=[])
     for number, item in iter_catalog(path):
-        load.lines_read = number
         if isinstance(item, LineError):
             load.errors.append(item)
             continue

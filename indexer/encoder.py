@@ -135,8 +135,3 @@ class BiEncoder:
     def clear_cache(self) -> None:
         with self._cache_lock:
             self._cache.clear()
-
-    @property
-    def cache_info(self) -> tuple[int, int]:
-        """(entries, capacity) of the query cache."""
-        return len(self._cache), self._cache_size

@@ -44,7 +44,7 @@ class Snapshot:
     ) -> Snapshot:
         category_lists: dict[str, list[int]] = {}
         for row, product in enumerate(products):
-            for level in {level.casefold() for level in product.category}:
+            for level in {level.lower() for level in product.category}:
                 category_lists.setdefault(level, []).append(row)
         return cls(
             version=version,
@@ -55,7 +55,7 @@ class Snapshot:
             vectors=vectors,
             lexical=lexical,
             brand_keys=np.array(
-                [(product.brand or "").casefold() for product in products], dtype=np.str_
+                [(product.brand or "").lower() for product in products], dtype=np.str_
             ),
             prices=np.array(
                 [np.nan if product.price is None else product.price for product in products],
@@ -111,10 +111,10 @@ class Snapshot:
             return None
         mask = np.ones(len(self.products), dtype=bool)
         if filters.brand is not None:
-            mask &= np.isin(self.brand_keys, [brand.casefold() for brand in filters.brand])
+            mask &= np.isin(self.brand_keys, [brand.lower() for brand in filters.brand])
         if filters.category is not None:
             in_category = np.zeros(len(self.products), dtype=bool)
-            rows = self.category_rows.get(filters.category.casefold())
+            rows = self.category_rows.get(filters.category.lower())
             if rows is not None:
                 in_category[rows] = True
             mask &= in_category
@@ -142,7 +142,9 @@ class Snapshot:
         take = min(n, available)
         if take <= 0:
             return []
-        rows = np.argpartition(-scores, take - 1)[:take]
-        # Best score first; equal scores ordered by product id so every store agrees.
-        order = np.lexsort((self.ids[rows], -scores[rows]))
+        # Everything tied with the n-th score competes, so the cut follows (score, id) exactly
+        # as OpenSearch's sort does.
+        cutoff = -np.partition(-scores, take - 1)[take - 1]
+        rows = np.flatnonzero(scores >= cutoff)
+        order = np.lexsort((self.ids[rows], -scores[rows]))[:take]
         return [ScoredId(str(self.ids[row]), float(scores[row])) for row in rows[order]]

@@ -32,16 +32,17 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import numpy.typing as npt
 
+from indexer.analysis import ANALYZER_VERSION
 from indexer.errors import DimensionMismatchError, IndexNotFoundError, StoreError
 from indexer.lexical import LexicalIndex
 from indexer.local_snapshot import Snapshot
 from indexer.schema import LEXICAL_FIELDS, Product, lexical_texts
-from indexer.store import Filters, ScoredId
+from indexer.store import Filters, ScoredId, check_vectors
 
 logger = logging.getLogger(__name__)
 
@@ -70,9 +71,15 @@ class LocalStore:
     # -- reading -------------------------------------------------------------------------
 
     def exists(self) -> bool:
-        """Whether a complete serving version is on disk."""
+        """Whether a complete serving version, built with today's analyzer, is on disk."""
         version = self._current_version()
-        return version is not None and (self.root / version / _MANIFEST).is_file()
+        if version is None:
+            return False
+        try:
+            manifest = json.loads((self.root / version / _MANIFEST).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return False
+        return bool(manifest.get("analyzer") == ANALYZER_VERSION)
 
     def _current_version(self) -> str | None:
         try:
@@ -107,8 +114,13 @@ class LocalStore:
                 products = [Product.model_validate_json(line) for line in handle]
             vectors = np.load(folder / "vectors.npy")
             lexical = {name: LexicalIndex.load(folder / "bm25" / name) for name in LEXICAL_FIELDS}
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError, KeyError) as e:
             raise StoreError(f"index version {folder} is unreadable: {e}") from e
+        if manifest.get("analyzer") != ANALYZER_VERSION:
+            raise StoreError(
+                f"index version {folder} was built with analyzer {manifest.get('analyzer')!r}, "
+                f"this shoprank analyses text with {ANALYZER_VERSION!r}: run `shoprank reindex`"
+            )
         if len(products) != vectors.shape[0]:
             raise StoreError(
                 f"index version {folder} is inconsistent: "
@@ -132,16 +144,22 @@ class LocalStore:
             handle.seek(snapshot.log_offset)
             data = handle.read(size - snapshot.log_offset)
         complete = data[: data.rfind(b"\n") + 1]  # a line still being written waits
-        for line in complete.splitlines():
-            entry = json.loads(line)
-            if entry["op"] == "upsert":
-                product = Product.model_validate(entry["product"])
-                upserts[product.id] = (product, np.asarray(entry["vector"], dtype=np.float32))
-                deletes.discard(product.id)
-            else:
-                upserts.pop(entry["id"], None)
-                deletes.add(entry["id"])
-        return snapshot.applied(upserts, deletes, snapshot.log_offset + len(complete))
+        offset = snapshot.log_offset
+        for line in complete.splitlines(keepends=True):
+            try:
+                entry = json.loads(line)
+                if entry["op"] == "upsert":
+                    product = Product.model_validate(entry["product"])
+                    vector = np.asarray(entry["vector"], dtype=np.float32)
+                    upserts[product.id] = (product, vector)
+                    deletes.discard(product.id)
+                else:
+                    upserts.pop(entry["id"], None)
+                    deletes.add(entry["id"])
+            except (ValueError, KeyError, TypeError) as e:
+                raise StoreError(f"{log} is corrupt at byte {offset}: {e}") from e
+            offset += len(line)
+        return snapshot.applied(upserts, deletes, offset)
 
     @property
     def location(self) -> str:
@@ -155,10 +173,6 @@ class LocalStore:
     def version(self) -> str:
         return self._state().version
 
-    @property
-    def manifest(self) -> dict[str, Any]:
-        return dict(self._state().manifest)
-
     def count(self) -> int:
         return len(self._state().products)
 
@@ -170,11 +184,6 @@ class LocalStore:
     def get_many(self, product_ids: Sequence[str]) -> dict[str, Product]:
         state = self._state()
         return {pid: state.products[state.rows[pid]] for pid in product_ids if pid in state.rows}
-
-    def get_vector(self, product_id: str) -> npt.NDArray[np.float32] | None:
-        state = self._state()
-        row = state.rows.get(product_id)
-        return None if row is None else state.vectors[row]
 
     def search_bm25(self, text: str, n: int, filters: Filters | None = None) -> list[ScoredId]:
         state = self._state()
@@ -212,10 +221,7 @@ class LocalStore:
 
     def upsert(self, products: Sequence[Product], vectors: npt.NDArray[np.float32]) -> int:
         """Add or replace products; searchable in this process at once. Returns the count."""
-        if vectors.ndim != 2 or vectors.shape[0] != len(products):
-            raise DimensionMismatchError(
-                f"{len(products)} products need {len(products)} vectors, got shape {vectors.shape}"
-            )
+        check_vectors(products, vectors)
         self._check_dimension(vectors.shape[1], self._state(force=True))
         lines = [
             json.dumps(
@@ -228,7 +234,8 @@ class LocalStore:
 
     def delete(self, product_ids: Sequence[str]) -> int:
         """Remove products; returns how many existed."""
-        existing = [pid for pid in product_ids if pid in self._state(force=True).rows]
+        rows = self._state(force=True).rows
+        existing = [pid for pid in dict.fromkeys(product_ids) if pid in rows]
         self._append_log([json.dumps({"op": "delete", "id": pid}) for pid in existing])
         return len(existing)
 
@@ -239,8 +246,9 @@ class LocalStore:
             version = self._current_version()
             if version is None:
                 raise IndexNotFoundError(f"no index at {self.root} to update")
-            with (self.root / version / _UPDATES).open("a", encoding="utf-8") as handle:
-                handle.write("\n".join(lines) + "\n")
+            with (self.root / version / _UPDATES).open("ab") as handle:
+                _drop_partial_line(handle)  # left by a writer that died mid-line
+                handle.write(("\n".join(lines) + "\n").encode("utf-8"))
                 handle.flush()
                 os.fsync(handle.fileno())
         self._state(force=True)
@@ -253,10 +261,7 @@ class LocalStore:
         metadata: dict[str, Any] | None = None,
     ) -> str:
         """Write a complete new version, then make it the serving one. Returns its name."""
-        if vectors.ndim != 2 or vectors.shape[0] != len(products):
-            raise DimensionMismatchError(
-                f"{len(products)} products need {len(products)} vectors, got shape {vectors.shape}"
-            )
+        check_vectors(products, vectors)
         if not products:
             raise StoreError("refusing to build an empty index")
         with self._writer():
@@ -291,11 +296,12 @@ class LocalStore:
         for field in LEXICAL_FIELDS:
             LexicalIndex.build([t[field] for t in texts]).save(folder / "bm25" / field)
         manifest = {
+            **metadata,
             "version": version,
             "count": len(products),
             "dimension": int(vectors.shape[1]),
+            "analyzer": ANALYZER_VERSION,
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
-            **metadata,
         }
         (folder / _MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
 
@@ -314,9 +320,27 @@ class LocalStore:
 
     def _prune(self) -> None:
         current = self._current_version()
-        versions = sorted(
-            p.name for p in self.root.iterdir() if p.is_dir() and (p / _MANIFEST).is_file()
-        )
-        old = [name for name in versions if name != current]
-        for name in old[: max(0, len(old) - (self._keep_versions - 1))]:
-            shutil.rmtree(self.root / name, ignore_errors=True)
+        if current is None:
+            return
+        versions = sorted(p.name for p in self.root.iterdir() if p.name.startswith("v"))
+        # Keep the newest versions that served before the current one; anything newer than
+        # the current one never served (a rebuild killed before its swap) and goes too.
+        older = [name for name in versions if name < current]
+        keep = set(older[-(self._keep_versions - 1) :]) if self._keep_versions > 1 else set()
+        for name in versions:
+            if name != current and name not in keep:
+                shutil.rmtree(self.root / name, ignore_errors=True)
+
+
+def _drop_partial_line(handle: BinaryIO) -> None:
+    """Cut an append-mode log back to its last complete line."""
+    size = handle.seek(0, os.SEEK_END)
+    if size == 0:
+        return
+    with open(handle.name, "rb") as reader:
+        reader.seek(max(0, size - 1))
+        if reader.read(1) == b"\n":
+            return
+        reader.seek(0)
+        data = reader.read()
+    handle.truncate(data.rfind(b"\n") + 1)

@@ -13,8 +13,9 @@ import logging
 import re
 import secrets
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -37,14 +38,13 @@ from indexer.opensearch_queries import (
     build_alias_swap,
     build_bm25_query,
     build_bulk_actions,
-    build_document,
     build_index_body,
     build_knn_query,
     cosine_from_score,
 )
 from indexer.schema import EMBEDDING_DIM, Product
 from indexer.settings import IndexerSettings
-from indexer.store import Filters, ScoredId
+from indexer.store import Filters, ScoredId, check_vectors
 
 logger = logging.getLogger(__name__)
 
@@ -188,32 +188,32 @@ class OpenSearchStore:
 
     def upsert(self, products: Sequence[Product], vectors: npt.NDArray[np.float32]) -> int:
         """Index products into the serving version; searchable when this returns."""
-        if vectors.ndim != 2 or vectors.shape[0] != len(products):
-            raise DimensionMismatchError(
-                f"{len(products)} products need {len(products)} vectors, got shape {vectors.shape}"
-            )
+        check_vectors(products, vectors)
         self._check_dimension(vectors.shape[1])
         with self._translated("index products"):
-            for product, vector in zip(products, vectors, strict=True):
-                self.client.index(
-                    index=self.alias,
-                    id=product.id,
-                    body=build_document(product, vector),
-                    refresh="wait_for",
-                )
+            target = self._serving_index()
+            self._bulk(build_bulk_actions(target, products, vectors), target, refresh=True)
         return len(products)
 
     def delete(self, product_ids: Sequence[str]) -> int:
-        deleted = 0
+        """Remove products; returns how many existed."""
         with self._translated("delete products"):
-            for product_id in product_ids:
-                try:
-                    self.client.delete(index=self.alias, id=product_id, refresh="wait_for")
-                    deleted += 1
-                except opensearchpy.NotFoundError as e:
-                    if e.error == "index_not_found_exception":
-                        raise
-        return deleted
+            target = self._serving_index()
+            actions = [
+                {"_op_type": "delete", "_index": target, "_id": pid}
+                for pid in dict.fromkeys(product_ids)
+            ]
+            missing = self._bulk(actions, target, refresh=True, missing_ok=True)
+        return len(actions) - missing
+
+    def _serving_index(self) -> str:
+        serving = self._aliased_indices()
+        if not serving:
+            raise IndexNotFoundError(
+                f"OpenSearch at {self.url} has no alias {self.alias!r} "
+                f"(run `shoprank reindex --store opensearch --catalog PATH`)"
+            )
+        return serving[-1]
 
     def replace_all(
         self,
@@ -223,21 +223,18 @@ class OpenSearchStore:
         metadata: dict[str, Any] | None = None,
     ) -> str:
         """Build a new version, verify it, then swap the alias atomically. Returns its name."""
-        if vectors.ndim != 2 or vectors.shape != (len(products), self._layout.dimension):
-            raise DimensionMismatchError(
-                f"{len(products)} products need ({len(products)}, {self._layout.dimension}) "
-                f"vectors, got shape {vectors.shape}"
-            )
+        check_vectors(products, vectors)
         if not products:
             raise StoreError("refusing to build an empty index")
+        layout = replace(self._layout, dimension=int(vectors.shape[1]))
         with self._translated("rebuild the index"):
             self.remove_leftovers()
             stamp = datetime.now(UTC).strftime("%Y%m%dt%H%M%S%f")  # sorts by age
             version = f"{self.alias}-v{stamp}-{secrets.token_hex(3)}"
             meta = {"complete": False, "count": len(products), **(metadata or {})}
-            self.client.indices.create(index=version, body=build_index_body(self._layout, meta))
+            self.client.indices.create(index=version, body=build_index_body(layout, meta))
             try:
-                self._bulk(version, products, vectors)
+                self._bulk(build_bulk_actions(version, products, vectors), version)
                 self.client.indices.refresh(index=version)
                 indexed = int(self.client.count(index=version)["count"])
                 if indexed != len(products):
@@ -249,38 +246,57 @@ class OpenSearchStore:
                              self.alias)
                 self.client.indices.delete(index=version, ignore_unavailable=True)
                 raise
+            old = self._aliased_indices()
+            self.client.indices.update_aliases(body=build_alias_swap(self.alias, version, old))
+            # Marked complete only once it served: a version killed before its swap stays
+            # incomplete and the next rebuild removes it.
             self.client.indices.put_mapping(
                 index=version, body={"_meta": {META_KEY: {**meta, "complete": True}}}
             )
-            old = self._aliased_indices()
-            self.client.indices.update_aliases(body=build_alias_swap(self.alias, version, old))
-            self._dimension = self._layout.dimension
+            self._dimension = layout.dimension
             logger.info("alias %s now serves %s (%d products)", self.alias, version, indexed)
             self._prune()
         return version
 
     def _bulk(
-        self, index: str, products: Sequence[Product], vectors: npt.NDArray[np.float32]
-    ) -> None:
+        self,
+        actions: Iterable[dict[str, Any]],
+        index: str,
+        *,
+        refresh: bool = False,
+        missing_ok: bool = False,
+    ) -> int:
+        """Send actions with retries on 429; raise listing the items that failed.
+
+        Returns how many deletes found nothing (only with ``missing_ok``).
+        """
         errors: list[str] = []
-        failed = 0
+        failed = missing = 0
         for ok, item in helpers.streaming_bulk(
             self.client,
-            build_bulk_actions(index, products, vectors),
+            actions,
             chunk_size=500,
             max_retries=5,
             initial_backoff=1,
             raise_on_error=False,
             yield_ok=False,
+            refresh=refresh,
         ):
-            if not ok:
-                failed += 1
-                if len(errors) < _MAX_REPORTED_ERRORS:
-                    detail = next(iter(item.values()))
-                    errors.append(f"{detail.get('_id')}: {detail.get('error')}")
+            if ok:
+                continue
+            detail = next(iter(item.values()))
+            if missing_ok and detail.get("status") == 404:
+                missing += 1
+                continue
+            failed += 1
+            if len(errors) < _MAX_REPORTED_ERRORS:
+                errors.append(f"{detail.get('_id')}: {detail.get('error')}")
         if failed:
             listed = "\n  ".join(errors)
-            raise StoreError(f"{failed} product(s) failed to index into {index}:\n  {listed}")
+            raise StoreError(
+                f"{failed} product(s) failed in a bulk request to {index}:\n  {listed}"
+            )
+        return missing
 
     def _aliased_indices(self) -> list[str]:
         if not self.client.indices.exists_alias(name=self.alias):
@@ -290,7 +306,7 @@ class OpenSearchStore:
     def _versions(self) -> dict[str, bool]:
         """Every version index of this alias -> whether it was completed."""
         found = self.client.indices.get_mapping(index=f"{self.alias}-v*", allow_no_indices=True)
-        pattern = re.compile(re.escape(self.alias) + r"-v\d{8}t\d{12}-[0-9a-f]{6}")
+        pattern = re.compile(re.escape(self.alias) + r"-v\d{8}t\d{6}(\d{6})?-[0-9a-f]{6}")
         return {
             name: bool(body["mappings"].get("_meta", {}).get(META_KEY, {}).get("complete"))
             for name, body in found.items()
@@ -298,7 +314,7 @@ class OpenSearchStore:
         }
 
     def remove_leftovers(self) -> list[str]:
-        """Delete incomplete versions that no alias points to (left by failed rebuilds)."""
+        """Delete versions that never served and no alias points to (failed rebuilds)."""
         serving = set(self._aliased_indices())
         stale = [
             name for name, complete in self._versions().items()
@@ -310,10 +326,11 @@ class OpenSearchStore:
         return stale
 
     def _prune(self) -> None:
+        """Keep the serving version and the newest ones that served before it."""
         serving = set(self._aliased_indices())
-        complete = sorted(n for n, done in self._versions().items() if done and n not in serving)
+        served = sorted(n for n, done in self._versions().items() if done and n not in serving)
         keep_old = self.settings.opensearch_keep_versions - 1
-        for name in complete[: max(0, len(complete) - keep_old)]:
+        for name in served[: max(0, len(served) - keep_old)]:
             self.client.indices.delete(index=name, ignore_unavailable=True)
 
     def drop(self) -> None:

@@ -13,8 +13,6 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 #: Dimension of the packaged all-MiniLM-L6-v2 bi-encoder.
 EMBEDDING_DIM = 384
-#: Product fields that filters may address.
-FILTER_FIELDS = ("brand", "category", "price_min", "price_max")
 #: Lexical fields and their BM25 weights: scores add up across fields (``most_fields``).
 #: ``text`` is `product_to_text`; a half-weight title field favours title matches.
 LEXICAL_FIELDS: dict[str, float] = {"text": 1.0, "title": 0.5}

@@ -31,7 +31,9 @@ class IndexerSettings(BaseSettings):
 
     #: ``local`` (embedded, the default) or ``opensearch``.
     store: Literal["local", "opensearch"] = "local"
-    opensearch_url: str = "http://127.0.0.1:9200"
+    opensearch_url: str = Field(
+        default="http://127.0.0.1:9200", pattern=r"^https?://[^\s/:?#]+(:\d{1,5})?(/[^\s]*)?$"
+    )
     #: Each shoprank index is an OpenSearch alias ``<prefix>-<index name>``.
     opensearch_alias_prefix: str = Field(default="shoprank", pattern=r"^[a-z0-9][a-z0-9_-]*$")
     opensearch_username: str | None = None

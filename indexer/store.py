@@ -10,6 +10,7 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from indexer.errors import DimensionMismatchError
 from indexer.schema import Product
 
 RetrievalMode = Literal["bm25", "vector", "hybrid"]
@@ -54,12 +55,12 @@ class Filters(BaseModel):
     def matches(self, product: Product) -> bool:
         """Whether one product passes these filters (the reference semantics)."""
         if self.brand is not None:
-            wanted = {brand.casefold() for brand in self.brand}
-            if product.brand is None or product.brand.casefold() not in wanted:
+            wanted = {brand.lower() for brand in self.brand}
+            if product.brand is None or product.brand.lower() not in wanted:
                 return False
         if self.category is not None:
-            target = self.category.casefold()
-            if all(level.casefold() != target for level in product.category):
+            target = self.category.lower()
+            if all(level.lower() != target for level in product.category):
                 return False
         if self.price_min is not None or self.price_max is not None:
             if product.price is None:
@@ -134,3 +135,11 @@ class VectorStore(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+def check_vectors(products: Sequence[Product], vectors: npt.NDArray[np.float32]) -> None:
+    """One vector row per product, or a `DimensionMismatchError` saying what arrived."""
+    if vectors.ndim != 2 or vectors.shape[0] != len(products):
+        raise DimensionMismatchError(
+            f"{len(products)} products need {len(products)} vectors, got shape {vectors.shape}"
+        )

@@ -12,7 +12,7 @@ from fastapi import Depends, FastAPI, Header, HTTPException, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
-from indexer.errors import IndexerError, IndexNotFoundError, StoreUnavailableError
+from indexer.errors import IndexerError
 from indexer.indexing import upsert_products
 from indexer.schema import Product
 from plugin.components import build_pipeline
@@ -88,9 +88,8 @@ def create_app(settings: Settings | None = None, pipeline: SearchPipeline | None
         version="0.1.0",
         lifespan=lifespan,
     )
-    # A missing index or an unreachable store is "not available", never a 500.
-    app.add_exception_handler(IndexNotFoundError, _unavailable)
-    app.add_exception_handler(StoreUnavailableError, _unavailable)
+    # A missing index, an unreachable or failing store is "not available", never a bare 500.
+    app.add_exception_handler(IndexerError, _unavailable)
 
     @app.post("/search", response_model=SearchResponse, response_model_exclude_none=True)
     def search(body: SearchRequest, pipeline: PipelineDep) -> SearchResponse:
@@ -98,9 +97,7 @@ def create_app(settings: Settings | None = None, pipeline: SearchPipeline | None
             return pipeline.search(body)
         except RerankNotConfiguredError as e:
             raise HTTPException(status_code=400, detail=str(e)) from e
-        except (IndexNotFoundError, StoreUnavailableError):
-            raise
-        except (IndexerError, RerankerError) as e:
+        except RerankerError as e:
             logger.exception("search failed")
             raise HTTPException(status_code=503, detail=f"search backend failed: {e}") from e
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import statistics
 from pathlib import Path
 from typing import Annotated, NoReturn
@@ -15,7 +16,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Table
 
-from indexer.catalog import load_catalog
+from indexer.catalog import CatalogLoad, load_catalog
 from indexer.errors import CatalogError, IndexerError
 from indexer.indexing import reindex_catalog, upsert_products
 from indexer.settings import IndexerSettings
@@ -110,19 +111,23 @@ def _reindex(settings: Settings, catalog: Path, *, strict: bool) -> None:
         _fail(str(e))
     except IndexerError as e:
         _fail(f"reindex failed, the serving index is unchanged: {e}", code=1)
-    for error in load.errors[:10]:
-        console.print(f"[yellow]skipped[/] {catalog}: {error}", highlight=False)
-    if report.skipped_lines:
-        console.print(f"[yellow]{report.skipped_lines} invalid line(s) skipped[/]")
-    if report.duplicate_ids:
-        console.print(
-            f"[yellow]{report.duplicate_ids} duplicate id(s), the last line won[/]: "
-            + ", ".join(load.duplicate_ids[:5])
-        )
+    _report_load(catalog, load)
     console.print(
         f"indexed {report.indexed} products into [bold]{settings.index}[/] "
         f"(version {report.version}) at {store.location}"
     )
+
+
+def _report_load(catalog: Path, load: CatalogLoad) -> None:
+    for error in load.errors[:10]:
+        console.print(f"[yellow]skipped[/] {catalog}: {error}", highlight=False)
+    if load.errors:
+        console.print(f"[yellow]{len(load.errors)} invalid line(s) skipped[/]")
+    if load.duplicate_ids:
+        console.print(
+            f"[yellow]{len(load.duplicate_ids)} duplicate id(s), the last line won[/]: "
+            + ", ".join(load.duplicate_ids[:5])
+        )
 
 
 @app.command()
@@ -158,8 +163,7 @@ def upsert(
         _fail(str(e))
     except IndexerError as e:
         _fail(str(e), code=1)
-    for error in load.errors[:10]:
-        console.print(f"[yellow]skipped[/] {catalog}: {error}", highlight=False)
+    _report_load(catalog, load)
     console.print(f"upserted {count} products into {settings.index} at {target.location}")
 
 
@@ -304,7 +308,7 @@ def _index_exists(settings: Settings) -> bool:
 def _eval_index_name(catalog: Path) -> str:
     stat = catalog.stat()
     key = f"{catalog.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
-    stem = catalog.name.split(".")[0][:32]
+    stem = re.sub(r"[^a-z0-9_-]+", "-", catalog.name.split(".")[0].lower()).strip("-")[:32]
     return f"eval-{stem}-{hashlib.sha1(key.encode()).hexdigest()[:10]}"
 
 

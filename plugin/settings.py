@@ -18,7 +18,8 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="SHOPRANK_", extra="ignore")
 
-    index: str = Field(default="default", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    #: Lower case, so that the same name works as a folder and as an OpenSearch alias.
+    index: str = Field(default="default", pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$")
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=1, le=65535)
     reranker: RerankerKind = "none"

@@ -7,6 +7,7 @@ vector search in OpenSearch is approximate (HNSW), the local store is exact.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -42,8 +43,7 @@ def stores(
     vectors = encoder.encode_texts([product_to_text(p) for p in products])
     local = LocalStore(Path(tmp_path_factory.mktemp("congruence")) / "idx")
     local.replace_all(products, vectors)
-    remote = OpenSearchStore(opensearch_settings(), "congruence")
-    remote.drop()
+    remote = OpenSearchStore(opensearch_settings(), f"congruence-{uuid.uuid4().hex[:8]}")
     remote.replace_all(products, vectors)
     yield local, remote, encoder
     remote.drop()

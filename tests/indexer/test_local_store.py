@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from indexer.errors import StoreError
 from indexer.local_store import LocalStore
 from indexer.schema import Product
 from tests.conftest import axis_vectors, make_product
@@ -78,3 +79,41 @@ def test_a_reader_picks_up_a_rebuild_from_another_process(
     LocalStore(store.root).replace_all(tiny_products[:3], axis_vectors(3))
     assert reader.count() == 3
     assert reader.get("p6") is None
+
+
+def test_an_index_from_another_analyzer_asks_for_a_reindex(store: LocalStore) -> None:
+    manifest = store.root / store.version / "manifest.json"
+    manifest.write_text(manifest.read_text().replace('"analyzer"', '"old_analyzer"'))
+    with pytest.raises(StoreError, match="shoprank reindex"):
+        LocalStore(store.root).count()
+
+
+def test_a_half_written_log_line_is_dropped_not_fatal(store: LocalStore) -> None:
+    log = store.root / store.version / "updates.jsonl"
+    log.write_text('{"op": "delete", "id": "p1"}\n{"op": "ups')  # a writer died mid-line
+    assert LocalStore(store.root).get("p1") is None
+    store.upsert([make_product("p8", "espresso machine")], axis_vectors(8)[7:])
+    reopened = LocalStore(store.root)
+    assert reopened.get("p8") is not None and reopened.count() == 6
+
+
+def test_a_corrupt_log_is_a_store_error_naming_the_file(store: LocalStore) -> None:
+    log = store.root / store.version / "updates.jsonl"
+    log.write_text('{"op": "upsert", "product": {"id": "x"}}\n')
+    with pytest.raises(StoreError, match=r"updates\.jsonl is corrupt at byte 0"):
+        LocalStore(store.root).count()
+
+
+def test_a_version_that_never_served_is_not_kept(
+    store: LocalStore, tiny_products: list[Product]
+) -> None:
+    serving = store.version
+    store.replace_all(tiny_products, axis_vectors(6))
+    newest = store.version
+    # A rebuild killed between finishing its folder and moving CURRENT leaves this behind:
+    orphan = store.root / "v99991231T000000000000-dead00"
+    orphan.mkdir()
+    (orphan / "manifest.json").write_text("{}")
+    store.replace_all(tiny_products, axis_vectors(6))
+    names = {p.name for p in store.root.iterdir() if p.is_dir()}
+    assert orphan.name not in names and newest in names and serving not in names

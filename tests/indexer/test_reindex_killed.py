@@ -75,8 +75,9 @@ def test_killed_reindex_keeps_serving_the_old_version(tmp_path: Path) -> None:
 
 
 def test_rebuilds_keep_the_last_versions_only() -> None:
-    store = OpenSearchStore(opensearch_settings(opensearch_keep_versions=2), "pruned")
-    store.drop()
+    store = OpenSearchStore(
+        opensearch_settings(opensearch_keep_versions=2), f"pruned-{uuid.uuid4().hex[:8]}"
+    )
     products = [Product.model_validate(r) for r in demo_slice(5)]
     vectors = np.zeros((5, 384), dtype=np.float32)
     vectors[:, :8] = axis_vectors(5)

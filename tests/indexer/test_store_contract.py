@@ -133,7 +133,7 @@ def test_live_upsert_and_delete_are_searchable_within_a_second(
     assert [h.product_id for h in in_range] == ["p2"]
     assert store.delete(["p6", "missing"]) == 1
     assert store.search_bm25("coffee grinder", 5) == [] and store.get("p6") is None
-    assert time.monotonic() - started < 5  # each step above returned searchable data
+    assert time.monotonic() - started < 1.0  # every step above ran on searchable data
     assert store.count() == 6
 
 

@@ -228,3 +228,23 @@ def test_admin_put_is_searchable_within_a_second_and_delete_removes(server: str)
     assert all(hit["id"] != "zz-new-1"
                for hit in search(server, query="quokka plush", k=3, mode="bm25")["results"])
     assert httpx.delete(f"{server}/products/zz-new-1", headers=headers).status_code == 404
+
+
+def test_cli_upsert_reaches_the_running_server_within_a_second(
+    server: str, home: Deployment, tmp_path: Path
+) -> None:
+    delta = tmp_path / "delta.jsonl"
+    delta.write_text(
+        json.dumps({"id": "zz-cli-1", "title": "Axolotl night light with timer"}) + "\n"
+        + '{"id": "zz-cli-2", "title": }\n'
+    )
+    result = shoprank("upsert", "--catalog", str(delta), home=home)
+    assert "upserted 1 products" in result.stderr and "1 invalid line(s) skipped" in result.stderr
+    written = time.monotonic()
+    while True:
+        hits = search(server, query="axolotl night light", k=1, mode="bm25")["results"]
+        if hits and hits[0]["id"] == "zz-cli-1":
+            break
+        assert time.monotonic() - written < 1.0, "the running server did not see the upsert"
+        time.sleep(0.05)
+    shoprank("delete", "zz-cli-1", home=home)
