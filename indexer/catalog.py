@@ -93,7 +93,7 @@ def load_catalog(path: Path | str, *, strict: bool = False) -> CatalogLoad:
     path = Path(path)
     by_id: dict[str, Product] = {}
     load = CatalogLoad(products=[])
-    for number, item in iter_catalog(path):
+    for _, item in iter_catalog(path):
         if isinstance(item, LineError):
             load.errors.append(item)
             continue
