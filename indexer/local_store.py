@@ -271,10 +271,13 @@ class LocalStore:
             staging = self.root / f"{_BUILDING_PREFIX}{version}"
             staging.mkdir()
             self._write_version(staging, version, products, vectors, metadata or {})
+            _fsync_tree(staging)  # on disk before anything points at it
             staging.rename(self.root / version)
             pointer = self.root / f"{_CURRENT}.{version}.tmp"
             pointer.write_text(version + "\n", encoding="utf-8")
+            _fsync_tree(pointer)
             os.replace(pointer, self.root / _CURRENT)
+            _fsync_tree(self.root, recursive=False)
             logger.info("index %s now serves version %s", self.root, version)
             self._checked_at = 0.0
             self._prune()
@@ -344,3 +347,16 @@ def _drop_partial_line(handle: BinaryIO) -> None:
         reader.seek(0)
         data = reader.read()
     handle.truncate(data.rfind(b"\n") + 1)
+
+
+def _fsync_tree(path: Path, *, recursive: bool = True) -> None:
+    """Flush a file, or a folder and (recursively) everything in it, to disk."""
+    paths = [path]
+    if path.is_dir() and recursive:
+        paths = [*sorted(path.rglob("*"), reverse=True), path]
+    for item in paths:
+        descriptor = os.open(item, os.O_RDONLY)
+        try:
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
