@@ -6,7 +6,6 @@ import hashlib
 import json
 import logging
 import re
-import statistics
 from pathlib import Path
 from typing import Annotated, NoReturn
 
@@ -24,12 +23,12 @@ from indexer.store import Filters, RetrievalMode
 from plugin.components import build_encoder, build_pipeline, build_store
 from plugin.demo import DEMO_CATALOG, DEMO_INDEX
 from plugin.errors import PluginError
+from plugin.evaluate import STAGES, EvalProtocol, Stage, evaluate_stages, markdown, summary
 from plugin.models import SearchRequest, SearchResponse
 from plugin.settings import Settings
 from reranker.errors import RerankerError
 from reranker.evaluation import (
     ESCI_GAINS,
-    evaluate_run,
     load_qrels,
     load_queries,
     parse_gains,
@@ -317,7 +316,14 @@ def evaluate(
     catalog: Annotated[Path, typer.Option("--catalog", "-c")],
     queries: Annotated[Path, typer.Option("--queries", "-q", help="qid<TAB>text lines.")],
     qrels: Annotated[Path, typer.Option("--qrels", help="TREC qrels.")],
-    mode: ModeOption = "hybrid",
+    mode: Annotated[
+        str,
+        typer.Option("--mode", "-m", help="Stages to score, comma-separated "
+                     "(bm25,vector,hybrid,rerank) or 'all'; the first is the baseline."),
+    ] = "hybrid",
+    protocol: Annotated[
+        str, typer.Option("--protocol", help="full (rank the catalog) or pool (judged pool).")
+    ] = "full",
     k: Annotated[int, typer.Option("--k", min=1, max=100)] = 10,
     gains: Annotated[
         str | None,
@@ -325,16 +331,26 @@ def evaluate(
     ] = None,
     esci: Annotated[bool, typer.Option("--esci", help=f"Use the ESCI gains {ESCI_GAINS}.")] = False,
     run_out: Annotated[Path | None, typer.Option("--run-out", help="Write a TREC run.")] = None,
-    as_json: Annotated[bool, typer.Option("--json")] = False,
+    stage: Annotated[
+        str | None, typer.Option("--stage", help="Stage whose ranking --run-out writes (last).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON instead of Markdown.")] = False,
     index: IndexOption = None,
     reranker: Annotated[str | None, typer.Option("--reranker")] = None,
     checkpoint: Annotated[Path | None, typer.Option("--checkpoint")] = None,
     store: StoreOption = None,
     opensearch_url: UrlOption = None,
 ) -> None:
-    """Score search on judged queries: nDCG@k, MRR@k, Recall@100 and judged@k."""
+    """Score each stage on judged queries: nDCG@k (plain and judged-only), MRR@k, Recall@100,
+    judged@k, and each stage's nDCG change against the first with a paired-bootstrap 95% CI."""
     if not catalog.is_file():
         _fail(f"--catalog: file not found: {catalog}")
+    stages = _stages(mode)
+    if protocol not in ("full", "pool"):
+        _fail(f"--protocol must be full or pool (got {protocol!r})")
+    chosen_protocol: EvalProtocol = "pool" if protocol == "pool" else "full"
+    if stage is not None and stage not in stages:
+        _fail(f"--stage {stage!r} is not among the evaluated stages {', '.join(stages)}")
     settings = _settings(
         index=index or _eval_index_name(catalog),
         reranker=reranker,
@@ -354,38 +370,30 @@ def evaluate(
         _reindex(settings, catalog, strict=False)
     try:
         pipeline = build_pipeline(settings)
-    except PluginError as e:
-        _fail(str(e))
-    depth = max(settings.candidates, k)
-    run: dict[str, list[str]] = {}
-    timings: list[float] = []
-    retrieval_mode = _mode(mode)
-    try:
-        if retrieval_mode != "bm25":
-            pipeline.encoder.encode_query("warm up")  # load the model outside the timings
-        for qid, text in query_texts.items():
-            response = pipeline.search(
-                SearchRequest(query=text[:512], k=min(depth, 100), mode=retrieval_mode)
-            )
-            run[qid] = [hit.id for hit in response.results]
-            timings.append(response.timings_ms["total"])
+        if "rerank" in stages and not pipeline.has_reranker:
+            _fail("stage 'rerank' needs --reranker cross-encoder --checkpoint DIR")
+        results = evaluate_stages(
+            pipeline, query_texts, judgments, stages,
+            protocol=chosen_protocol, k=k, gains=gain_table,
+        )
     except (IndexerError, RerankerError, PluginError) as e:
         _fail(str(e), code=1)
-    judged_only = {qid: judgments[qid] for qid in query_texts if qid in judgments}
-    report = evaluate_run(
-        run, judged_only, k=k, candidates_depth=min(depth, 100), gains=gain_table
-    )
+    chosen = next(r for r in results if r.stage == (stage or stages[-1]))
     if run_out is not None:
-        write_trec_run(run, run_out, tag=f"shoprank-{mode}")
-    summary = {"mode": mode, "index": settings.index, **report.summary()}
-    summary["p50_latency_ms"] = round(statistics.median(timings), 2) if timings else 0.0
+        write_trec_run(chosen.run, run_out, tag=f"shoprank-{chosen.stage}")
     if as_json:
-        print(json.dumps(summary, indent=2))
-        return
-    table = Table(title=f"{catalog.name}: {mode}")
-    for key in summary:
-        table.add_column(key)
-    table.add_row(*(str(value) for value in summary.values()))
-    out.print(table)
-    if report.skipped_queries:
-        console.print(f"{len(report.skipped_queries)} queries had no positive judgment: skipped")
+        print(json.dumps({"index": settings.index, **summary(results, chosen_protocol)}, indent=2))
+    else:
+        title = f"{catalog.parent.name}/{catalog.name}"
+        out.print(markdown(results, chosen_protocol, title), highlight=False, soft_wrap=True)
+    skipped = results[0].report.skipped_queries
+    if skipped:
+        console.print(f"{len(skipped)} queries had no positive judgment: skipped")
+
+
+def _stages(text: str) -> list[Stage]:
+    names = list(STAGES) if text == "all" else [part.strip() for part in text.split(",")]
+    unknown = [name for name in names if name not in STAGES]
+    if unknown or not names:
+        _fail(f"--mode: unknown stage(s) {unknown}; choose from {', '.join(STAGES)} or 'all'")
+    return names  # type: ignore[return-value]

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
+import numpy as np
+
 from reranker.errors import EvaluationInputError
 
 Qrels = dict[str, dict[str, int]]
@@ -144,6 +146,7 @@ class EvalReport:
     k: int
     queries: int
     ndcg: float
+    ndcg_condensed: float
     mrr: float
     recall_candidates: float
     judged: float
@@ -154,6 +157,7 @@ class EvalReport:
     def summary(self) -> dict[str, float | int]:
         return {
             f"nDCG@{self.k}": round(self.ndcg, 4),
+            f"nDCG@{self.k} judged-only": round(self.ndcg_condensed, 4),
             f"MRR@{self.k}": round(self.mrr, 4),
             f"Recall@{self.candidates_depth}": round(self.recall_candidates, 4),
             f"judged@{self.k}": round(self.judged, 4),
@@ -184,6 +188,9 @@ def evaluate_run(
         ranking = list(run.get(qid, []))
         per_query[qid] = {
             "ndcg": ndcg_at_k(ranking, judgments, k, gains),
+            "ndcg_condensed": ndcg_at_k(
+                [d for d in ranking if d in judgments], judgments, k, gains
+            ),
             "mrr": mrr_at_k(ranking, judgments, k, min_relevant_grade),
             "recall": recall_at_k(ranking, judgments, candidates_depth, min_relevant_grade),
             "judged": judged_at_k(ranking, judgments, k),
@@ -197,6 +204,7 @@ def evaluate_run(
         k=k,
         queries=count,
         ndcg=mean("ndcg"),
+        ndcg_condensed=mean("ndcg_condensed"),
         mrr=mean("mrr"),
         recall_candidates=mean("recall"),
         judged=mean("judged"),
@@ -204,6 +212,47 @@ def evaluate_run(
         skipped_queries=skipped,
         per_query=per_query,
     )
+
+
+@dataclass(frozen=True)
+class PairedDifference:
+    """Mean per-query difference (b - a) with a paired-bootstrap confidence interval."""
+
+    mean: float
+    low: float
+    high: float
+    queries: int
+
+    @property
+    def significant(self) -> bool:
+        return self.low > 0 or self.high < 0
+
+    def __str__(self) -> str:
+        return f"{self.mean:+.4f} [{self.low:+.4f}, {self.high:+.4f}]"
+
+
+def paired_bootstrap(
+    a: Mapping[str, float],
+    b: Mapping[str, float],
+    *,
+    samples: int = 10_000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> PairedDifference:
+    """Resample queries with replacement to put a confidence interval on ``mean(b - a)``.
+
+    Only queries scored in both runs count. With a fixed seed the interval is reproducible.
+    """
+    shared = sorted(set(a) & set(b))
+    if not shared:
+        raise EvaluationInputError("the two runs share no scored query")
+    diffs = np.array([b[q] - a[q] for q in shared], dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    picks = rng.integers(0, len(diffs), size=(samples, len(diffs)))
+    means = diffs[picks].mean(axis=1)
+    tail = (1 - confidence) / 2
+    low, high = np.quantile(means, [tail, 1 - tail])
+    return PairedDifference(float(diffs.mean()), float(low), float(high), len(shared))
 
 
 def write_trec_run(run: Mapping[str, Sequence[str]], path: Path, *, tag: str = "shoprank") -> None:

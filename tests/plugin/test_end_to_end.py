@@ -198,9 +198,10 @@ def test_cli_eval_reports_metrics_and_writes_a_trec_run(
         "--index", home.env["SHOPRANK_INDEX"], "--mode", "bm25", "--json", "--run-out", str(run),
         home=home,
     )
-    summary = json.loads(result.stdout)
-    assert summary["queries"] == 20
-    assert summary["nDCG@10"] > 0.8 and summary["judged@10"] < 0.5
+    bm25 = json.loads(result.stdout)["stages"]["bm25"]
+    assert bm25["queries"] == 20
+    assert bm25["nDCG@10"] > 0.8 and bm25["judged@10"] < 0.5
+    assert bm25["nDCG@10 judged-only"] >= bm25["nDCG@10"]
     lines = run.read_text().splitlines()
     assert lines[0].split()[:4] == ["t0", "Q0", lines[0].split()[2], "1"]
     assert len({line.split()[0] for line in lines}) == 20

@@ -14,6 +14,7 @@ from reranker.evaluation import (
     load_queries,
     mrr_at_k,
     ndcg_at_k,
+    paired_bootstrap,
     parse_gains,
     recall_at_k,
     write_trec_run,
@@ -95,3 +96,24 @@ def test_trec_run_file_preserves_our_order(tmp_path: Path) -> None:
     assert lines[0] == ["q1", "Q0", "b", "1", "3", "t"]
     resorted = sorted(lines, key=lambda parts: -float(parts[4]))
     assert [parts[2] for parts in resorted] == ["b", "a", "c"]
+
+
+def test_condensed_ndcg_drops_unjudged_documents() -> None:
+    qrels = {"q1": {"a": 1, "b": 0}}
+    report = evaluate_run({"q1": ["u1", "u2", "a"]}, qrels, k=10)
+    assert report.ndcg == pytest.approx(1 / L2(4))
+    assert report.ndcg_condensed == pytest.approx(1.0)
+
+
+def test_paired_bootstrap_brackets_the_mean_difference() -> None:
+    a = {f"q{i}": 0.5 for i in range(50)}
+    better = {f"q{i}": 0.5 + (0.1 if i % 2 else 0.0) for i in range(50)}
+    result = paired_bootstrap(a, better, samples=2000, seed=1)
+    assert result.mean == pytest.approx(0.05)
+    assert result.low < 0.05 < result.high and result.significant
+    same = paired_bootstrap(a, a, samples=500)
+    assert (same.mean, same.low, same.high) == (0.0, 0.0, 0.0) and not same.significant
+    noisy = {f"q{i}": 0.5 + (0.2 if i % 2 else -0.2) for i in range(50)}
+    assert not paired_bootstrap(a, noisy, samples=2000).significant
+    with pytest.raises(EvaluationInputError, match="no scored query"):
+        paired_bootstrap({"x": 1.0}, {"y": 1.0})
