@@ -27,7 +27,8 @@ class NoReranker:
     name = "none"
 
     def score(self, query: str, texts: Sequence[str]) -> list[float]:
-        raise NotImplementedError("NoReranker does not score; the pipeline skips it")
+        """Equal scores: a stable sort keeps retrieval order (the pipeline skips it anyway)."""
+        return [0.0] * len(texts)
 
     def close(self) -> None:
         return None
