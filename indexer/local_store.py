@@ -42,7 +42,7 @@ from indexer.errors import DimensionMismatchError, IndexNotFoundError, StoreErro
 from indexer.lexical import LexicalIndex
 from indexer.local_snapshot import Snapshot
 from indexer.schema import LEXICAL_FIELDS, Product, lexical_texts
-from indexer.store import Filters, ScoredId, check_vectors
+from indexer.store import Filters, ScoredId, check_rebuild, check_vectors
 
 logger = logging.getLogger(__name__)
 
@@ -261,9 +261,7 @@ class LocalStore:
         metadata: dict[str, Any] | None = None,
     ) -> str:
         """Write a complete new version, then make it the serving one. Returns its name."""
-        check_vectors(products, vectors)
-        if not products:
-            raise StoreError("refusing to build an empty index")
+        check_rebuild(products, vectors)
         with self._writer():
             self._remove_leftovers()
             stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")  # sorts by age

@@ -44,7 +44,7 @@ from indexer.opensearch_queries import (
 )
 from indexer.schema import EMBEDDING_DIM, Product
 from indexer.settings import IndexerSettings
-from indexer.store import Filters, ScoredId, check_vectors
+from indexer.store import Filters, ScoredId, check_rebuild, check_vectors
 
 logger = logging.getLogger(__name__)
 
@@ -223,9 +223,7 @@ class OpenSearchStore:
         metadata: dict[str, Any] | None = None,
     ) -> str:
         """Build a new version, verify it, then swap the alias atomically. Returns its name."""
-        check_vectors(products, vectors)
-        if not products:
-            raise StoreError("refusing to build an empty index")
+        check_rebuild(products, vectors)
         layout = replace(self._layout, dimension=int(vectors.shape[1]))
         with self._translated("rebuild the index"):
             self.remove_leftovers()

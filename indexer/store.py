@@ -10,7 +10,7 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from indexer.errors import DimensionMismatchError
+from indexer.errors import DimensionMismatchError, StoreError
 from indexer.schema import Product
 
 RetrievalMode = Literal["bm25", "vector", "hybrid"]
@@ -143,3 +143,10 @@ def check_vectors(products: Sequence[Product], vectors: npt.NDArray[np.float32])
         raise DimensionMismatchError(
             f"{len(products)} products need {len(products)} vectors, got shape {vectors.shape}"
         )
+
+
+def check_rebuild(products: Sequence[Product], vectors: npt.NDArray[np.float32]) -> None:
+    """What a full rebuild needs: matching vectors and at least one product."""
+    check_vectors(products, vectors)
+    if not products:
+        raise StoreError("refusing to build an empty index")
