@@ -1,0 +1,154 @@
+"""``shoprank tune ...``: fine-tune the models on judged queries.
+
+Registered in `plugin.cli` with ``app.add_typer(tune_app, name="tune")``. The commands reuse
+``shoprank eval``'s index handling (one local index per catalog file, built on first use), so a
+tuning run mines candidates from the same retrieval that evaluation scores.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from pydantic import ValidationError
+from rich.table import Table
+
+from indexer.catalog import load_catalog
+from indexer.errors import CatalogError, IndexerError
+from plugin.components import build_encoder, build_store
+from plugin.errors import PluginError
+from reranker.errors import RerankerError
+from reranker.evaluation import ESCI_GAINS, load_qrels, load_queries
+from reranker.training_data import mine_candidates
+from reranker.tuning import CrossEncoderTuneConfig, tune_cross_encoder
+
+
+def _default(field: str) -> Any:
+    """A CLI default taken from the tuning config, so the two never disagree."""
+    return CrossEncoderTuneConfig.model_fields[field].default
+
+
+tune_app = typer.Typer(
+    help="Fine-tune the models on judged queries (LoRA by default).",
+    no_args_is_help=True,
+)
+
+CatalogOption = Annotated[Path, typer.Option("--catalog", "-c", help="JSONL or JSONL.gz catalog.")]
+QueriesOption = Annotated[Path, typer.Option("--queries", "-q", help="qid<TAB>text lines.")]
+QrelsOption = Annotated[Path, typer.Option("--qrels", help="TREC qrels (qid 0 docid grade).")]
+OutOption = Annotated[Path, typer.Option("--out", "-o", help="New (or empty) output folder.")]
+IndexOption = Annotated[
+    str | None,
+    typer.Option("--index", help="Index to mine candidates from (default: eval's index for the "
+                 "catalog, built if missing)."),
+]
+EsciOption = Annotated[
+    bool, typer.Option("--esci", help=f"ESCI gains {ESCI_GAINS} for targets and validation.")
+]
+
+
+@tune_app.command("reranker")
+def tune_reranker(
+    catalog: CatalogOption,
+    queries: QueriesOption,
+    qrels: QrelsOption,
+    out_dir: OutOption,
+    lora: Annotated[
+        bool, typer.Option("--lora/--full", help="Train a LoRA adapter (~1 MB) or every weight.")
+    ] = True,
+    epochs: Annotated[int, typer.Option("--epochs", min=1, max=100)] = _default("epochs"),
+    seed: Annotated[int, typer.Option("--seed")] = _default("seed"),
+    esci: EsciOption = False,
+    index: IndexOption = None,
+    negatives: Annotated[
+        int, typer.Option("--negatives", min=0, max=1000, help="Mined hard negatives per query.")
+    ] = _default("negatives_per_query"),
+    max_length: Annotated[
+        int, typer.Option("--max-length", min=16, max=512, help="Tokens per query+product pair.")
+    ] = _default("max_length"),
+    depth: Annotated[
+        int | None,
+        typer.Option("--depth", min=1, max=1000, help="Candidates mined per query; validation "
+                     "reranks this many (default: the pipeline's rerank window)."),
+    ] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, max=1024)] = _default(
+        "batch_size"
+    ),
+    learning_rate: Annotated[
+        float | None,
+        typer.Option("--learning-rate", help="Default 5e-4 with LoRA, 3e-5 with --full."),
+    ] = None,
+) -> None:
+    """Fine-tune the cross-encoder reranker from the packaged MiniLM weights.
+
+    Candidates come from this project's hybrid retrieval; held-out queries pick the best epoch
+    by nDCG@10. Writes the model, model_card.json and README.md to --out; serve it with
+    --reranker cross-encoder --checkpoint OUT.
+    """
+    # plugin.cli registers this app, so its helpers are imported when the command runs.
+    from plugin.cli import _eval_index_name, _fail, _index_exists, _reindex, _settings, console
+
+    if not catalog.is_file():
+        _fail(f"--catalog: file not found: {catalog}")
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        _fail(f"--out {out_dir} exists and is not an empty folder; choose a new one")
+    settings = _settings(index=index or _eval_index_name(catalog))
+    window = depth or settings.rerank_window
+    try:
+        config = CrossEncoderTuneConfig(
+            lora=lora, epochs=epochs, seed=seed, negatives_per_query=negatives,
+            max_length=max_length, batch_size=batch_size, learning_rate=learning_rate,
+            validation_depth=window, gains=ESCI_GAINS if esci else None,
+        )
+        query_texts = load_queries(queries)
+        judgments = load_qrels(qrels)
+        products = {product.id: product for product in load_catalog(catalog).products}
+    except ValidationError as e:
+        _fail(str(e))
+    except (RerankerError, CatalogError) as e:
+        _fail(str(e))
+    judged = {qid: text for qid, text in query_texts.items() if qid in judgments}
+    if not judged:
+        _fail(f"no query of {queries} has a judgment in {qrels}")
+    if not _index_exists(settings):
+        _reindex(settings, catalog, strict=False)
+    try:
+        console.print(f"mining {window} candidates for {len(judged)} judged queries "
+                      f"from {settings.index}")
+        store = build_store(settings)
+        try:
+            candidates = mine_candidates(store, build_encoder(settings.indexer), judged, window)
+        finally:
+            store.close()
+        console.print(f"tuning the reranker ({config.mode}), this takes a while on a CPU")
+        result = tune_cross_encoder(
+            products, judged, judgments, candidates, out_dir, config,
+            catalog=str(catalog), progress=True,
+        )
+    except (IndexerError, RerankerError, PluginError) as e:
+        _fail(str(e), code=1)
+
+    table = Table(title=f"reranker tuned ({result.mode}) -> {result.out}")
+    table.add_column("")
+    table.add_column("value", justify="right")
+    metric = result.validation_metric
+    for label, value in (
+        ("training queries / pairs", f"{result.train_queries} / {result.train_pairs}"),
+        ("validation queries / pairs",
+         f"{result.validation_queries} / {result.validation_pairs}"),
+        ("training time", f"{result.training_seconds:.0f} s ({result.steps} steps)"),
+        (f"validation {metric}, retrieval order", f"{result.validation_retrieval:.4f}"),
+        (f"validation {metric}, before training", f"{result.validation_before:.4f}"),
+        (f"validation {metric}, tuned (step {result.best_step})",
+         f"{result.validation_best:.4f}"),
+        ("artifact size", f"{result.artifact_bytes / 1e6:.2f} MB"),
+    ):
+        table.add_row(label, value)
+    console.print(table)
+    if result.validation_best <= result.validation_retrieval:
+        console.print(
+            f"[yellow]the tuned reranker does not beat retrieval order on the validation "
+            f"queries ({metric} {result.validation_best:.4f} <= "
+            f"{result.validation_retrieval:.4f})[/]"
+        )
