@@ -23,9 +23,19 @@ from indexer.store import Filters, RetrievalMode
 from plugin.components import build_encoder, build_pipeline, build_store
 from plugin.demo import DEMO_CATALOG, DEMO_INDEX
 from plugin.errors import PluginError
-from plugin.evaluate import STAGES, EvalProtocol, Stage, evaluate_stages, markdown, summary
+from plugin.evaluate import (
+    CV_STAGES,
+    STAGES,
+    CrossValidation,
+    EvalProtocol,
+    Stage,
+    evaluate_stages,
+    markdown,
+    summary,
+)
 from plugin.models import SearchRequest, SearchResponse
 from plugin.settings import Settings
+from plugin.tune_cli import tune_app
 from reranker.errors import RerankerError
 from reranker.evaluation import (
     ESCI_GAINS,
@@ -41,6 +51,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
+app.add_typer(tune_app, name="tune")
 console = Console(stderr=True)
 out = Console()
 
@@ -319,7 +330,7 @@ def evaluate(
     mode: Annotated[
         str,
         typer.Option("--mode", "-m", help="Stages to score, comma-separated "
-                     "(bm25,vector,hybrid,rerank) or 'all'; the first is the baseline."),
+                     f"({','.join(STAGES)}) or 'all'; the first is the baseline."),
     ] = "hybrid",
     protocol: Annotated[
         str, typer.Option("--protocol", help="full (rank the catalog) or pool (judged pool).")
@@ -338,6 +349,16 @@ def evaluate(
     index: IndexOption = None,
     reranker: Annotated[str | None, typer.Option("--reranker")] = None,
     checkpoint: Annotated[Path | None, typer.Option("--checkpoint")] = None,
+    final_ranker: Annotated[
+        str | None,
+        typer.Option("--final-ranker", help="default, none, or a file from `tune ranker`."),
+    ] = None,
+    cv: Annotated[
+        int | None,
+        typer.Option("--cv", min=2, max=20, help="Fit tuned-hybrid and final on K-1 folds of "
+                     "the queries, score them on the held-out fold."),
+    ] = None,
+    cv_seed: Annotated[int, typer.Option("--cv-seed")] = 0,
     store: StoreOption = None,
     opensearch_url: UrlOption = None,
 ) -> None:
@@ -349,12 +370,16 @@ def evaluate(
     if protocol not in ("full", "pool"):
         _fail(f"--protocol must be full or pool (got {protocol!r})")
     chosen_protocol: EvalProtocol = "pool" if protocol == "pool" else "full"
+    needs_cv = [name for name in stages if name in CV_STAGES]
+    if needs_cv and cv is None:
+        _fail(f"stage(s) {', '.join(needs_cv)} are tuned on the judgments: add --cv K")
     if stage is not None and stage not in stages:
         _fail(f"--stage {stage!r} is not among the evaluated stages {', '.join(stages)}")
     settings = _settings(
         index=index or _eval_index_name(catalog),
         reranker=reranker,
         reranker_checkpoint=checkpoint,
+        final_ranker=final_ranker,
         store=store,
         opensearch_url=opensearch_url,
     )
@@ -372,9 +397,12 @@ def evaluate(
         pipeline = build_pipeline(settings)
         if "rerank" in stages and not pipeline.has_reranker:
             _fail("stage 'rerank' needs --reranker cross-encoder --checkpoint DIR")
+        if "final" in stages and cv is None and pipeline.final_ranker is None:
+            _fail("stage 'final' needs --cv K (fit it per fold) or a tuned --final-ranker FILE")
         results = evaluate_stages(
             pipeline, query_texts, judgments, stages,
             protocol=chosen_protocol, k=k, gains=gain_table,
+            cross_validation=None if cv is None else CrossValidation(cv, cv_seed),
         )
     except (IndexerError, RerankerError, PluginError) as e:
         _fail(str(e), code=1)

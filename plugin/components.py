@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from indexer.encoder import BiEncoder
 from indexer.local_store import LocalStore
 from indexer.opensearch_store import OpenSearchStore
@@ -12,6 +14,11 @@ from plugin.pipeline import SearchPipeline
 from plugin.settings import Settings
 from reranker.base import NoReranker, Reranker
 from reranker.cross_encoder import InProcessCrossEncoder
+from reranker.ltr import LinearRanker
+
+#: Tuned artifacts that ship with the package (see README, "Tuned defaults").
+ARTIFACTS = Path(__file__).parent / "artifacts"
+PACKAGED_FINAL_RANKER = ARTIFACTS / "final-ranker.json"
 
 
 def build_encoder(settings: IndexerSettings) -> BiEncoder:
@@ -40,11 +47,32 @@ def build_reranker(settings: Settings) -> Reranker:
     return InProcessCrossEncoder(settings.reranker_checkpoint)
 
 
+def build_final_ranker(settings: Settings) -> LinearRanker | None:
+    """The configured final stage; the packaged default only when it exists."""
+    if settings.final_ranker == "none":
+        return None
+    if settings.final_ranker == "default":
+        return LinearRanker.load(PACKAGED_FINAL_RANKER) if PACKAGED_FINAL_RANKER.is_file() else None
+    return LinearRanker.load(Path(settings.final_ranker))
+
+
 def build_pipeline(settings: Settings) -> SearchPipeline:
-    return SearchPipeline(
+    reranker = build_reranker(settings)
+    final_ranker = build_final_ranker(settings)
+    pipeline = SearchPipeline(
         build_store(settings),
         build_encoder(settings.indexer),
-        build_reranker(settings),
+        reranker,
+        final_ranker=final_ranker,
         candidates=settings.candidates,
         rerank_window=settings.rerank_window,
     )
+    if pipeline.final_needs_rerank and not pipeline.has_reranker:
+        if settings.final_ranker == "default":
+            pipeline.final_ranker = None  # the packaged ranker needs the packaged reranker
+        else:
+            raise PluginError(
+                f"final ranker {settings.final_ranker} uses cross-encoder scores: "
+                "start with --reranker cross-encoder --checkpoint DIR, or --final-ranker none"
+            )
+    return pipeline

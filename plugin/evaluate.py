@@ -16,8 +16,18 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from indexer.fusion import reciprocal_rank_fusion
-from indexer.schema import product_to_text
+from indexer.retrieval import Candidate
+from indexer.schema import Product, product_to_text
 from indexer.store import RetrievalMode
+from plugin.final_stage import (
+    QueryCandidates,
+    RetrievedLists,
+    collect_candidates,
+    cross_validated_final,
+    cross_validated_fusion,
+    folds_of,
+    retrieved_lists,
+)
 from plugin.models import MAX_K, MAX_QUERY_CHARS, SearchRequest
 from plugin.pipeline import SearchPipeline
 from reranker.evaluation import (
@@ -30,8 +40,10 @@ from reranker.evaluation import (
 )
 
 EvalProtocol = Literal["full", "pool"]
-Stage = Literal["bm25", "vector", "hybrid", "rerank"]
-STAGES: tuple[Stage, ...] = ("bm25", "vector", "hybrid", "rerank")
+Stage = Literal["bm25", "vector", "hybrid", "tuned-hybrid", "rerank", "final"]
+STAGES: tuple[Stage, ...] = ("bm25", "vector", "hybrid", "tuned-hybrid", "rerank", "final")
+#: Stages fitted on judged queries: they are only scored by cross-validation.
+CV_STAGES: frozenset[Stage] = frozenset({"tuned-hybrid"})
 
 
 @dataclass
@@ -41,17 +53,28 @@ class StageResult:
     report: EvalReport
     p50_ms: float
     versus_first: PairedDifference | None = None
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class CrossValidation:
+    """Fit the learned stages on k-1 folds of the queries and score them on the k-th."""
+
+    folds: int = 5
+    seed: int = 0
 
 
 def _full_run(
     pipeline: SearchPipeline, queries: Mapping[str, str], stage: Stage
 ) -> tuple[dict[str, list[str]], list[float]]:
-    mode: RetrievalMode = "hybrid" if stage == "rerank" else stage
+    mode: RetrievalMode = "hybrid" if stage in ("rerank", "final") else stage  # type: ignore[assignment]
     run: dict[str, list[str]] = {}
     latencies = []
     for qid, text in queries.items():
         request = SearchRequest(
-            query=text[:MAX_QUERY_CHARS], k=MAX_K, mode=mode, rerank=stage == "rerank"
+            query=text[:MAX_QUERY_CHARS], k=MAX_K, mode=mode,
+            rerank=stage == "rerank" or (stage == "final" and pipeline.final_needs_rerank),
+            final=stage == "final",
         )
         response = pipeline.search(request)
         run[qid] = [hit.id for hit in response.results]
@@ -64,38 +87,117 @@ def _pool_order(pool: Sequence[str], scores: Mapping[str, float]) -> list[str]:
     return sorted(pool, key=lambda pid: (-scores.get(pid, float("-inf")), pid))
 
 
-def _pool_run(
-    pipeline: SearchPipeline, queries: Mapping[str, str], qrels: Qrels, stage: Stage
-) -> tuple[dict[str, list[str]], list[float]]:
+@dataclass
+class _Pool:
+    """One query's judged pool, ordered by each retriever, with their scores."""
+
+    query: str
+    products: dict[str, Product]
+    lexical: list[str]
+    semantic: list[str]
+    bm25: dict[str, float]
+    cosine: dict[str, float]
+    seconds: float
+
+    def candidates(self, order: Sequence[str]) -> list[Candidate]:
+        lexical_rank = {pid: rank for rank, pid in enumerate(self.lexical, 1)}
+        semantic_rank = {pid: rank for rank, pid in enumerate(self.semantic, 1)}
+        return [
+            Candidate(pid, bm25=self.bm25.get(pid), vector=self.cosine.get(pid),
+                      bm25_rank=lexical_rank[pid], vector_rank=semantic_rank[pid])
+            for pid in order
+        ]
+
+
+def _pools(
+    pipeline: SearchPipeline, queries: Mapping[str, str], qrels: Qrels
+) -> dict[str, _Pool]:
     store = pipeline.store
     # Scores for every pool product: ask each retriever for (nearly) the whole catalog.
     # OpenSearch caps a page at 10,000 hits; pool products beyond that rank last.
     everything = min(store.count(), 10_000)
-    run: dict[str, list[str]] = {}
-    latencies = []
+    pools = {}
     for qid, text in queries.items():
         products = store.get_many(sorted(qrels.get(qid, {})))
         pool = sorted(products)
         start = time.perf_counter()
-        lexical = _pool_order(pool, {h.product_id: h.score
-                                     for h in store.search_bm25(text, everything)})
+        bm25 = {h.product_id: h.score for h in store.search_bm25(text, everything)}
+        vector = pipeline.encoder.encode_query(text)
+        cosine = {h.product_id: h.score for h in store.search_vector(vector, everything)}
+        pools[qid] = _Pool(
+            text, products, _pool_order(pool, bm25), _pool_order(pool, cosine),
+            {p: bm25[p] for p in pool if p in bm25}, {p: cosine[p] for p in pool if p in cosine},
+            time.perf_counter() - start,
+        )
+    return pools
+
+
+def _pool_run(
+    pipeline: SearchPipeline, pools: Mapping[str, _Pool], stage: Stage
+) -> tuple[dict[str, list[str]], list[float]]:
+    run: dict[str, list[str]] = {}
+    latencies = []
+    for qid, pool in pools.items():
+        start = time.perf_counter()
         if stage == "bm25":
-            order = lexical
+            order = pool.lexical
+        elif stage == "vector":
+            order = pool.semantic
         else:
-            vector = pipeline.encoder.encode_query(text)
-            semantic = _pool_order(pool, {h.product_id: h.score
-                                          for h in store.search_vector(vector, everything)})
-            if stage == "vector":
-                order = semantic
-            else:
-                order = [pid for pid, _ in reciprocal_rank_fusion([lexical, semantic])]
-                if stage == "rerank":
-                    texts = [product_to_text(products[pid]) for pid in order]
-                    scores = dict(zip(order, pipeline.reranker.score(text, texts), strict=True))
-                    order = _pool_order(order, scores)
-        latencies.append((time.perf_counter() - start) * 1000)
+            order = [pid for pid, _ in reciprocal_rank_fusion([pool.lexical, pool.semantic])]
+            if stage == "rerank":
+                texts = [product_to_text(pool.products[pid]) for pid in order]
+                scores = dict(zip(order, pipeline.reranker.score(pool.query, texts), strict=True))
+                order = _pool_order(order, scores)
+            elif stage == "final" and pipeline.final_ranker is not None:
+                order = _pool_query(pipeline, pool, order).ranked_by(pipeline.final_ranker)
+        latencies.append((pool.seconds + time.perf_counter() - start) * 1000)
         run[qid] = order
     return run, latencies
+
+
+def _pool_query(pipeline: SearchPipeline, pool: _Pool, order: Sequence[str]) -> QueryCandidates:
+    """A pool as final-stage input: every pool product is a candidate, in fused order."""
+    rerank: list[float | None] = [None] * len(order)
+    if pipeline.final_needs_rerank or pipeline.has_reranker:
+        texts = [product_to_text(pool.products[pid]) for pid in order]
+        rerank = list(pipeline.reranker.score(pool.query, texts))
+    return QueryCandidates(pool.query, pool.candidates(order), pool.products, rerank)
+
+
+def _cross_validated(
+    pipeline: SearchPipeline,
+    queries: Mapping[str, str],
+    qrels: Qrels,
+    stage: Stage,
+    cv: CrossValidation,
+    *,
+    gains: Gains | None,
+    pools: Mapping[str, _Pool] | None,
+) -> tuple[dict[str, list[str]], str]:
+    folds = folds_of(list(queries), cv.folds, cv.seed)
+    if stage == "tuned-hybrid":
+        if pools is None:
+            lists: RetrievedLists = retrieved_lists(pipeline, queries)
+        else:
+            lists = {qid: (pool.lexical, pool.semantic) for qid, pool in pools.items()}
+        run, chosen = cross_validated_fusion(lists, qrels, folds, gains=gains)
+        return run, "fold parameters (k, window, bm25 weight): " + "; ".join(
+            f"{p.k}/{p.window}/{p.bm25_weight}" for p in chosen
+        )
+    with_ce = pipeline.has_reranker
+    if pools is None:
+        collected = collect_candidates(pipeline, queries, rerank=with_ce)
+    else:
+        collected = {
+            qid: _pool_query(
+                pipeline, pool,
+                [pid for pid, _ in reciprocal_rank_fusion([pool.lexical, pool.semantic])],
+            )
+            for qid, pool in pools.items()
+        }
+    run = cross_validated_final(collected, qrels, folds, gains=gains, with_cross_encoder=with_ce)
+    return run, "linear final stage fitted per fold" + (" with the cross-encoder score" * with_ce)
 
 
 def evaluate_stages(
@@ -108,20 +210,35 @@ def evaluate_stages(
     k: int = 10,
     gains: Gains | None = None,
     bootstrap_seed: int = 0,
+    cross_validation: CrossValidation | None = None,
 ) -> list[StageResult]:
-    """Run and score each stage; stages after the first get a paired CI against it."""
+    """Run and score each stage; stages after the first get a paired CI against it.
+
+    With ``cross_validation`` the learned stages (tuned fusion, the final stage) are fitted
+    per fold and each query is ranked by a model that never saw it; without it, ``final``
+    uses the pipeline's own final stage and ``tuned-hybrid`` is refused.
+    """
     judged = {qid: qrels[qid] for qid in queries if qid in qrels}
     if any(stage != "bm25" for stage in stages):
         pipeline.encoder.encode_query("warm up")  # load the model outside the timings
+    pools = _pools(pipeline, queries, judged) if protocol == "pool" else None
     results: list[StageResult] = []
     for stage in stages:
         pipeline.encoder.clear_cache()  # every stage pays for its own query encoding
-        if protocol == "pool":
-            run, latencies = _pool_run(pipeline, queries, judged, stage)
+        note = ""
+        latencies = [float("nan")]
+        if stage in CV_STAGES or (stage == "final" and cross_validation is not None):
+            if cross_validation is None:
+                raise ValueError(f"stage {stage!r} is fitted on judgments: it needs --cv")
+            run, note = _cross_validated(
+                pipeline, queries, judged, stage, cross_validation, gains=gains, pools=pools
+            )
+        elif pools is not None:
+            run, latencies = _pool_run(pipeline, pools, stage)
         else:
             run, latencies = _full_run(pipeline, queries, stage)
         report = evaluate_run(run, judged, k=k, candidates_depth=MAX_K, gains=gains)
-        results.append(StageResult(stage, run, report, statistics.median(latencies)))
+        results.append(StageResult(stage, run, report, statistics.median(latencies), note=note))
     first = results[0].report.per_query
     for result in results[1:]:
         ndcg = {q: v["ndcg"] for q, v in result.report.per_query.items()}
@@ -136,7 +253,11 @@ def summary(results: Sequence[StageResult], protocol: EvalProtocol) -> dict[str,
     first = results[0].stage
     stages: dict[str, Any] = {}
     for result in results:
-        row: dict[str, Any] = {**result.report.summary(), "p50_latency_ms": round(result.p50_ms, 2)}
+        row: dict[str, Any] = {**result.report.summary()}
+        if result.p50_ms == result.p50_ms:  # not NaN: cross-validated stages are not timed
+            row["p50_latency_ms"] = round(result.p50_ms, 2)
+        if result.note:
+            row["note"] = result.note
         if result.versus_first is not None:
             diff = result.versus_first
             row[f"nDCG_vs_{first}"] = {
@@ -161,6 +282,10 @@ def markdown(results: Sequence[StageResult], protocol: EvalProtocol, title: str)
         versus = str(r.versus_first) if r.versus_first is not None else ""
         lines.append(
             f"| {r.stage} | {rep.ndcg:.4f} | {rep.ndcg_condensed:.4f} | {rep.mrr:.4f} "
-            f"| {rep.recall_candidates:.4f} | {rep.judged:.4f} | {versus} | {r.p50_ms:.1f} |"
+            f"| {rep.recall_candidates:.4f} | {rep.judged:.4f} | {versus} "
+            f"| {'-' if r.p50_ms != r.p50_ms else f'{r.p50_ms:.1f}'} |"
         )
+    notes = [f"- {r.stage}: {r.note}" for r in results if r.note]
+    if notes:
+        lines += ["", *notes]
     return "\n".join(lines) + "\n"

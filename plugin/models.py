@@ -27,6 +27,8 @@ class SearchRequest(BaseModel):
     filters: Filters | None = None
     #: None: rerank when the server has a reranker.
     rerank: bool | None = None
+    #: None: apply the learned final stage when the server has one.
+    final: bool | None = None
     explain: bool = False
 
 
@@ -37,6 +39,7 @@ class StageScores(BaseModel):
     vector: float | None = None
     fused: float | None = None
     rerank: float | None = None
+    final: float | None = None
 
 
 class Explanation(BaseModel):
@@ -47,6 +50,10 @@ class Explanation(BaseModel):
     retrieval_rank: int = Field(description="rank after retrieval (fused in hybrid mode)")
     rerank_rank: int | None = Field(description="rank inside the rerank window, if reranked")
     ordered_by: str = Field(description="the stage whose score set the final order")
+    final_contributions: dict[str, float] | None = Field(
+        default=None,
+        description="the learned final stage's score split by feature (weight x value)",
+    )
     text: str = Field(description="the product text the models saw")
 
 
@@ -69,6 +76,7 @@ class SearchResponse(BaseModel):
     candidates: int = Field(description="how many candidates retrieval returned")
     reranked: int = Field(description="how many candidates the reranker rescored")
     reranker: str
+    final_stage: str = Field(default="none", description="the learned final stage, if any")
     degraded: bool = False
     results: list[SearchHit]
     timings_ms: dict[str, float]

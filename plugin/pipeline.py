@@ -1,4 +1,5 @@
-"""The query path: encode -> retrieve N candidates -> rerank a window -> post-process -> top k."""
+"""The query path: encode -> retrieve N candidates -> rerank a window -> learned final stage ->
+post-process -> top k."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from indexer.store import VectorStore
 from plugin.errors import RerankNotConfiguredError
 from plugin.models import Explanation, SearchHit, SearchRequest, SearchResponse, StageScores
 from reranker.base import NoReranker, Reranker
+from reranker.features import CROSS_ENCODER_FEATURE, stage_features
+from reranker.ltr import LinearRanker
 
 
 @dataclass
@@ -24,9 +27,13 @@ class RankedItem:
     retrieval_rank: int
     rerank: float | None = None
     rerank_rank: int | None = None
+    final: float | None = None
+    features: tuple[float, ...] = ()
 
     @property
     def ordered_by(self) -> str:
+        if self.final is not None:
+            return "final"
         if self.rerank is not None:
             return "rerank"
         if self.candidate.fused is not None:
@@ -35,7 +42,10 @@ class RankedItem:
 
     @property
     def score(self) -> float:
-        return self.rerank if self.rerank is not None else self.candidate.retrieval_score
+        for score in (self.final, self.rerank):
+            if score is not None:
+                return score
+        return self.candidate.retrieval_score
 
 
 #: A post-processor is a pure function from a ranked list to a ranked list.
@@ -71,6 +81,7 @@ class SearchPipeline:
         reranker: Reranker | None = None,
         post_processors: Sequence[PostProcessor] = (),
         *,
+        final_ranker: LinearRanker | None = None,
         candidates: int = 100,
         rerank_window: int = 50,
     ) -> None:
@@ -78,6 +89,7 @@ class SearchPipeline:
         self.encoder = encoder
         self.reranker: Reranker = reranker or NoReranker()
         self.post_processors = list(post_processors)
+        self.final_ranker = final_ranker
         self.candidates = candidates
         self.rerank_window = rerank_window
 
@@ -85,9 +97,24 @@ class SearchPipeline:
     def has_reranker(self) -> bool:
         return not isinstance(self.reranker, NoReranker)
 
+    @property
+    def final_needs_rerank(self) -> bool:
+        ranker = self.final_ranker
+        return ranker is not None and CROSS_ENCODER_FEATURE in ranker.feature_names
+
     def search(self, request: SearchRequest) -> SearchResponse:
         clock = _Clock()
+        final = self.final_ranker is not None if request.final is None else request.final
+        if final and self.final_ranker is None:
+            raise RerankNotConfiguredError(
+                "final=true but the server runs without a learned final stage "
+                "(tune one with `shoprank tune ranker` and start it with --final-ranker FILE)"
+            )
         rerank = self.has_reranker if request.rerank is None else request.rerank
+        if final and self.final_needs_rerank and not rerank:
+            raise RerankNotConfiguredError(
+                "the learned final stage uses cross-encoder scores, so it needs rerank=true"
+            )
         if rerank and not self.has_reranker:
             raise RerankNotConfiguredError(
                 "rerank=true but the server runs without a reranker "
@@ -111,10 +138,16 @@ class SearchPipeline:
         if rerank:
             items = sorted(items[:reranked], key=_by_rerank) + items[reranked:]
         clock.lap("rerank")
+        if final and self.final_ranker is not None:
+            items = self._final(request.query, items, self.final_ranker)
+        clock.lap("final")
         for post_process in self.post_processors:
             items = post_process(items)
         clock.lap("postprocess")
-        hits = [_to_hit(rank, item, request.explain) for rank, item in enumerate(items, 1)]
+        hits = [
+            _to_hit(rank, item, request.explain, self.final_ranker)
+            for rank, item in enumerate(items, 1)
+        ]
         return SearchResponse(
             query=request.query,
             mode=request.mode,
@@ -122,6 +155,7 @@ class SearchPipeline:
             candidates=len(candidates),
             reranked=reranked,
             reranker=self.reranker.name if rerank else "none",
+            final_stage=_final_name(self.final_ranker) if final else "none",
             results=hits[: request.k],
             timings_ms=clock.total(),
             filters=None if request.filters is None else request.filters.model_dump(
@@ -139,11 +173,36 @@ class SearchPipeline:
         return len(window)
 
 
+    def _final(self, query: str, items: list[RankedItem], ranker: LinearRanker) -> list[RankedItem]:
+        """Order every candidate by the learned final stage's score."""
+        if not items:
+            return items
+        features = stage_features(
+            query,
+            [item.candidate for item in items],
+            {item.product.id: item.product for item in items},
+            [item.rerank for item in items],
+            ranker.feature_names,
+        )
+        for item, row, score in zip(items, features, ranker.score(features), strict=True):
+            item.final = float(score)
+            item.features = tuple(float(value) for value in row)
+        return sorted(items, key=lambda item: (-(item.final or 0.0), item.retrieval_rank))
+
+
+def _final_name(ranker: LinearRanker | None) -> str:
+    if ranker is None:
+        return "none"
+    return f"linear:{ranker.card.get('name', 'unnamed')}"
+
+
 def _by_rerank(item: RankedItem) -> tuple[float, int]:
     return (-(item.rerank or 0.0), item.retrieval_rank)
 
 
-def _to_hit(rank: int, item: RankedItem, explain: bool) -> SearchHit:
+def _to_hit(
+    rank: int, item: RankedItem, explain: bool, ranker: LinearRanker | None
+) -> SearchHit:
     candidate, product = item.candidate, item.product
     return SearchHit(
         rank=rank,
@@ -154,7 +213,11 @@ def _to_hit(rank: int, item: RankedItem, explain: bool) -> SearchHit:
         price=product.price,
         score=item.score,
         scores=StageScores(
-            bm25=candidate.bm25, vector=candidate.vector, fused=candidate.fused, rerank=item.rerank
+            bm25=candidate.bm25,
+            vector=candidate.vector,
+            fused=candidate.fused,
+            rerank=item.rerank,
+            final=item.final,
         ),
         explanation=Explanation(
             bm25_rank=candidate.bm25_rank,
@@ -162,6 +225,11 @@ def _to_hit(rank: int, item: RankedItem, explain: bool) -> SearchHit:
             retrieval_rank=item.retrieval_rank,
             rerank_rank=item.rerank_rank,
             ordered_by=item.ordered_by,
+            final_contributions=(
+                {name: round(v, 4) for name, v in ranker.contributions(item.features).items()}
+                if ranker is not None and item.final is not None
+                else None
+            ),
             text=product_to_text(product),
         )
         if explain

@@ -24,6 +24,9 @@ class Settings(BaseSettings):
     port: int = Field(default=8080, ge=1, le=65535)
     reranker: RerankerKind = "none"
     reranker_checkpoint: Path | None = None
+    #: The learned final stage: "default" (the packaged one when it exists), "none", or a path
+    #: to a ranker written by `shoprank tune ranker`.
+    final_ranker: str = "default"
     #: How many candidates retrieval hands to the later stages.
     candidates: int = Field(default=100, ge=1, le=1000)
     #: How many of the best candidates the cross-encoder rescores.

@@ -1,0 +1,200 @@
+"""Fit, cross-validate and compare the learned final stage on judged queries.
+
+Training data comes from the very path a search takes (`SearchPipeline.search` with the final
+stage off), so the features a ranker learns from are the features it sees when serving.
+The baseline it must beat is fusion: default RRF, and RRF with its constant, window and BM25
+weight tuned on the same training folds.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from indexer.fusion import reciprocal_rank_fusion
+from indexer.retrieval import Candidate
+from indexer.schema import Product
+from plugin.models import MAX_K, MAX_QUERY_CHARS, SearchRequest
+from plugin.pipeline import SearchPipeline
+from reranker.evaluation import Gains, Qrels, gain_of, ndcg_at_k
+from reranker.features import CROSS_ENCODER_FEATURE, FEATURE_NAMES, stage_features
+from reranker.ltr import LinearRanker, RankingGroup, fit_linear_ranker
+
+
+@dataclass(frozen=True)
+class QueryCandidates:
+    """One query's candidates as the final stage sees them (retrieval order)."""
+
+    query: str
+    candidates: list[Candidate]
+    products: dict[str, Product]
+    rerank: list[float | None]
+
+    def features(self, names: Sequence[str]) -> np.ndarray[Any, np.dtype[np.float64]]:
+        return stage_features(self.query, self.candidates, self.products, self.rerank, names)
+
+    def ranked_by(self, ranker: LinearRanker) -> list[str]:
+        scores = ranker.score(self.features(ranker.feature_names))
+        order = sorted(range(len(self.candidates)), key=lambda i: (-scores[i], i))
+        return [self.candidates[i].product_id for i in order]
+
+
+def collect_candidates(
+    pipeline: SearchPipeline, queries: Mapping[str, str], *, rerank: bool
+) -> dict[str, QueryCandidates]:
+    """Run each query through retrieval (and the cross-encoder when ``rerank``)."""
+    collected = {}
+    for qid, text in queries.items():
+        request = SearchRequest(
+            query=text[:MAX_QUERY_CHARS], k=MAX_K, mode="hybrid", rerank=rerank, final=False,
+            explain=True,
+        )
+        hits = sorted(pipeline.search(request).results,
+                      key=lambda h: h.explanation.retrieval_rank if h.explanation else h.rank)
+        candidates = [
+            Candidate(
+                hit.id, bm25=hit.scores.bm25, vector=hit.scores.vector, fused=hit.scores.fused,
+                bm25_rank=hit.explanation.bm25_rank if hit.explanation else None,
+                vector_rank=hit.explanation.vector_rank if hit.explanation else None,
+            )
+            for hit in hits
+        ]
+        products = pipeline.store.get_many([c.product_id for c in candidates])
+        collected[qid] = QueryCandidates(
+            request.query, [c for c in candidates if c.product_id in products], products,
+            [hit.scores.rerank for hit in hits if hit.id in products],
+        )
+    return collected
+
+
+def feature_names(with_cross_encoder: bool) -> tuple[str, ...]:
+    return (*FEATURE_NAMES, CROSS_ENCODER_FEATURE) if with_cross_encoder else FEATURE_NAMES
+
+
+def fit_final_stage(
+    collected: Mapping[str, QueryCandidates],
+    qrels: Qrels,
+    qids: Sequence[str],
+    *,
+    gains: Gains | None,
+    with_cross_encoder: bool,
+    card: dict[str, Any] | None = None,
+) -> LinearRanker:
+    """Fit a linear ranker on ``qids``; unjudged candidates count as gain 0 (see `reranker.ltr`)."""
+    names = feature_names(with_cross_encoder)
+    groups = [
+        RankingGroup(
+            collected[qid].features(names),
+            [gain_of(qrels[qid].get(c.product_id, 0), gains) for c in collected[qid].candidates],
+        )
+        for qid in qids
+        if qid in qrels and collected[qid].candidates
+    ]
+    return fit_linear_ranker(groups, names, card=card)
+
+
+def folds_of(qids: Sequence[str], folds: int, seed: int) -> list[list[str]]:
+    """Split whole queries into ``folds`` folds, the same for a seed."""
+    if folds < 2:
+        raise ValueError(f"cross-validation needs at least 2 folds, got {folds}")
+    shuffled = sorted(qids)
+    random.Random(seed).shuffle(shuffled)
+    return [shuffled[i::folds] for i in range(folds)]
+
+
+def cross_validated_final(
+    collected: Mapping[str, QueryCandidates],
+    qrels: Qrels,
+    folds: Sequence[Sequence[str]],
+    *,
+    gains: Gains | None,
+    with_cross_encoder: bool,
+) -> dict[str, list[str]]:
+    """Each query ranked by a final stage fitted on the other folds only."""
+    run: dict[str, list[str]] = {}
+    for test in folds:
+        held_out = set(test)
+        train = [qid for fold in folds for qid in fold if qid not in held_out]
+        ranker = fit_final_stage(
+            collected, qrels, train, gains=gains, with_cross_encoder=with_cross_encoder
+        )
+        for qid in test:
+            run[qid] = collected[qid].ranked_by(ranker)
+    return run
+
+
+@dataclass(frozen=True)
+class FusionParameters:
+    """RRF's constant, how deep each list is read, and the BM25 list's weight (vector: 1)."""
+
+    k: int = 60
+    window: int = 100
+    bm25_weight: float = 1.0
+
+
+#: The grid tuned fusion searches on the training folds.
+FUSION_GRID = [
+    FusionParameters(k, window, weight)
+    for k, window, weight in itertools.product(
+        (10, 30, 60, 100), (20, 50, 100), (0.5, 0.75, 1.0, 1.5, 2.0)
+    )
+]
+
+RetrievedLists = Mapping[str, tuple[Sequence[str], Sequence[str]]]
+
+
+def retrieved_lists(
+    pipeline: SearchPipeline, queries: Mapping[str, str], depth: int = MAX_K
+) -> dict[str, tuple[list[str], list[str]]]:
+    """The BM25 and the vector list of each query, ``depth`` deep."""
+    lists = {}
+    for qid, text in queries.items():
+        vector = pipeline.encoder.encode_query(text)
+        lists[qid] = (
+            [h.product_id for h in pipeline.store.search_bm25(text, depth)],
+            [h.product_id for h in pipeline.store.search_vector(vector, depth)],
+        )
+    return lists
+
+
+def fused(lists: tuple[Sequence[str], Sequence[str]], parameters: FusionParameters) -> list[str]:
+    lexical, semantic = (list(ranking[: parameters.window]) for ranking in lists)
+    fused_list = reciprocal_rank_fusion(
+        [lexical, semantic], k=parameters.k, weights=[parameters.bm25_weight, 1.0]
+    )
+    return [pid for pid, _ in fused_list]
+
+
+def tune_fusion(
+    lists: RetrievedLists, qrels: Qrels, qids: Sequence[str], *, gains: Gains | None, k: int = 10
+) -> FusionParameters:
+    """The grid point with the best mean nDCG@k on ``qids``; ties go to the earlier point."""
+    judged = [qid for qid in qids if qid in qrels]
+
+    def quality(parameters: FusionParameters) -> float:
+        return float(np.mean([
+            ndcg_at_k(fused(lists[qid], parameters), qrels[qid], k, gains) for qid in judged
+        ]))
+
+    return max(FUSION_GRID, key=quality)
+
+
+def cross_validated_fusion(
+    lists: RetrievedLists, qrels: Qrels, folds: Sequence[Sequence[str]], *, gains: Gains | None
+) -> tuple[dict[str, list[str]], list[FusionParameters]]:
+    """Each query fused with parameters tuned on the other folds; and the chosen parameters."""
+    run: dict[str, list[str]] = {}
+    chosen = []
+    for test in folds:
+        held_out = set(test)
+        train = [qid for fold in folds for qid in fold if qid not in held_out]
+        parameters = tune_fusion(lists, qrels, train, gains=gains)
+        chosen.append(parameters)
+        for qid in test:
+            run[qid] = fused(lists[qid], parameters)
+    return run, chosen

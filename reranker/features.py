@@ -1,0 +1,157 @@
+"""Cheap per-candidate features for the learned final stage.
+
+Every feature is computed from what the pipeline already holds for a query: the retrieval
+scores and ranks of each candidate and the product record. Nothing here reads the index, so the
+features are the same on every store. Scores are made comparable across queries by relating
+them to the other candidates of the same query (a BM25 of 12 means little on its own).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import numpy.typing as npt
+
+from indexer.analysis import analyze
+from indexer.retrieval import Candidate
+from indexer.schema import Product
+
+#: The columns of `candidate_features`, in order.
+FEATURE_NAMES: tuple[str, ...] = (
+    "bm25_relative",  # BM25 / best BM25 of the query's candidates
+    "bm25_log",  # log(1 + BM25): how strong the lexical match is at all
+    "bm25_rank",  # 1 / log2(1 + rank) in the BM25 list, 0 when BM25 did not retrieve it
+    "vector_cosine",  # cosine with the query embedding
+    "vector_gap",  # cosine minus the best cosine of the query's candidates
+    "vector_rank",  # 1 / log2(1 + rank) in the vector list, 0 when not retrieved
+    "rrf",  # reciprocal rank fusion score x 60
+    "title_coverage",  # share of query terms found in the title
+    "title_all_terms",  # 1 when every query term is in the title
+    "title_bigrams",  # share of the query's adjacent term pairs found adjacent in the title
+    "text_coverage",  # share of query terms found anywhere in the product text
+    "brand_in_query",  # 1 when the product's brand is named in the query
+    "category_coverage",  # share of query terms found in the category path
+    "attribute_coverage",  # share of query terms found in the attribute values
+    "rating",  # rating / 5, 0 when missing
+    "rating_count_log",  # log(1 + number of ratings)
+    "price_relative_log",  # log price minus the median log price of the candidates, 0 if none
+    "title_length_log",  # log(1 + title terms)
+)
+
+#: Fusion constant the ``rrf`` feature uses (the retrieval default).
+_RRF_K = 60
+
+
+def _inverse_log_rank(rank: int | None) -> float:
+    return 0.0 if rank is None else 1.0 / math.log2(1 + rank)
+
+
+def _coverage(terms: Sequence[str], field: set[str]) -> float:
+    return sum(term in field for term in terms) / len(terms) if terms else 0.0
+
+
+def _bigram_coverage(terms: Sequence[str], field_terms: Sequence[str]) -> float:
+    pairs = list(itertools.pairwise(terms))
+    if not pairs:
+        return 0.0
+    field_pairs = set(itertools.pairwise(field_terms))
+    return sum(pair in field_pairs for pair in pairs) / len(pairs)
+
+
+def _filled(values: Sequence[float | None]) -> list[float]:
+    """Scores with the missing ones set to the lowest seen: a list cut-off bounds them above."""
+    seen = [v for v in values if v is not None]
+    floor = min(seen) if seen else 0.0
+    return [floor if v is None else v for v in values]
+
+
+def candidate_features(
+    query: str, candidates: Sequence[Candidate], products: Mapping[str, Product]
+) -> npt.NDArray[np.float64]:
+    """An ``(n, len(FEATURE_NAMES))`` matrix, one row per candidate, in candidate order.
+
+    >>> rows = candidate_features("desk lamp", candidates, products)
+    >>> dict(zip(FEATURE_NAMES, rows[0]))["title_coverage"]
+    1.0
+    """
+    terms = analyze(query)
+    query_terms = set(terms)
+    bm25 = _filled([c.bm25 for c in candidates])
+    cosine = _filled([c.vector for c in candidates])
+    best_bm25 = max(bm25, default=0.0)
+    best_cosine = max(cosine, default=0.0)
+    prices = [products[c.product_id].price for c in candidates]
+    log_prices = [math.log1p(p) for p in prices if p]
+    median_log_price = float(np.median(log_prices)) if log_prices else 0.0
+    rows = []
+    for candidate, lexical, semantic, price in zip(candidates, bm25, cosine, prices, strict=True):
+        product = products[candidate.product_id]
+        title_terms = analyze(product.title)
+        title = set(title_terms)
+        brand_terms = analyze(product.brand or "")
+        category = set(analyze(" ".join(product.category)))
+        attributes = set(analyze(" ".join(product.attributes.values())))
+        everything = title | category | attributes | set(brand_terms)
+        everything |= set(analyze(" ".join(product.bullet_points)))
+        everything |= set(analyze(product.description))
+        rrf = sum(
+            1.0 / (_RRF_K + rank)
+            for rank in (candidate.bm25_rank, candidate.vector_rank)
+            if rank is not None
+        )
+        rows.append(
+            [
+                lexical / best_bm25 if best_bm25 > 0 else 0.0,
+                math.log1p(max(lexical, 0.0)),
+                _inverse_log_rank(candidate.bm25_rank),
+                semantic,
+                semantic - best_cosine,
+                _inverse_log_rank(candidate.vector_rank),
+                rrf * _RRF_K,
+                _coverage(terms, title),
+                float(bool(terms) and query_terms <= title),
+                _bigram_coverage(terms, title_terms),
+                _coverage(terms, everything),
+                float(bool(brand_terms) and set(brand_terms) <= query_terms),
+                _coverage(terms, category),
+                _coverage(terms, attributes),
+                (product.rating or 0.0) / 5.0,
+                math.log1p(product.rating_count or 0),
+                math.log1p(price) - median_log_price if price else 0.0,
+                math.log1p(len(title_terms)),
+            ]
+        )
+    return np.asarray(rows, dtype=np.float64).reshape(len(candidates), len(FEATURE_NAMES))
+
+
+#: The optional column a final stage can add: the cross-encoder's score.
+CROSS_ENCODER_FEATURE = "cross_encoder"
+
+
+def stage_features(
+    query: str,
+    candidates: Sequence[Candidate],
+    products: Mapping[str, Product],
+    rerank_scores: Sequence[float | None],
+    feature_names: Sequence[str],
+) -> npt.NDArray[np.float64]:
+    """The feature matrix a final stage with ``feature_names`` expects.
+
+    ``rerank_scores`` holds the cross-encoder score of each candidate, None outside the rerank
+    window; those get the lowest score of the window, as a cut-off bounds them above.
+    """
+    matrix = candidate_features(query, candidates, products)
+    if tuple(feature_names) == FEATURE_NAMES:
+        return matrix
+    if tuple(feature_names) != (*FEATURE_NAMES, CROSS_ENCODER_FEATURE):
+        raise ValueError(
+            f"unknown final-stage features {tuple(feature_names)}; this version computes "
+            f"{FEATURE_NAMES} (+ {CROSS_ENCODER_FEATURE!r})"
+        )
+    if all(score is None for score in rerank_scores):
+        raise ValueError("this final stage needs cross-encoder scores, and none were computed")
+    column = np.asarray(_filled(list(rerank_scores)), dtype=np.float64)[:, None]
+    return np.hstack([matrix, column])

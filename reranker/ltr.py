@@ -1,0 +1,148 @@
+"""The learned final stage: a linear ranker over per-stage scores and cheap features.
+
+A linear model is the choice on purpose. With 50 to 100 judged queries a tree ensemble has
+room to learn the queries instead of the catalog, while a linear model's weights can be read
+and argued with. It is fitted as a pairwise logistic model (RankNet with a linear scorer): for
+every two candidates of one query with different gains, the better one should score higher,
+each pair weighted by the gain difference so mistakes near the top of the gain scale cost most.
+
+Candidates nobody judged count as gain 0 when fitting. Retrieval brings up many of them, and a
+ranker trained only among judged products never learns to push unjudged noise down: in
+cross-validation on the shared ESCI data that lost 0.04 nDCG@10 to plain RRF.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from reranker.errors import CheckpointError
+
+Matrix = npt.NDArray[np.float64]
+
+#: What `LinearRanker.save` writes; a file with another ``format`` is refused.
+FORMAT = "shoprank-linear-ranker/1"
+
+
+@dataclass(frozen=True)
+class RankingGroup:
+    """One query's candidates: a feature row and a gain per candidate."""
+
+    features: Matrix
+    gains: Sequence[float]
+
+
+@dataclass(frozen=True)
+class LinearRanker:
+    """``score = features @ weights``; weights apply to raw (unscaled) feature values.
+
+    >>> ranker = LinearRanker(("bm25_relative", "vector_cosine"), (1.0, 2.0))
+    >>> ranker.score(np.array([[1.0, 0.5], [0.2, 0.9]])).tolist()
+    [2.0, 2.0]
+    """
+
+    feature_names: tuple[str, ...]
+    weights: tuple[float, ...]
+    #: Per-feature standard deviation on the training data: weight x scale compares features.
+    scales: tuple[float, ...] = ()
+    card: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if len(self.feature_names) != len(self.weights):
+            raise ValueError("one weight per feature")
+
+    def score(self, features: Matrix) -> npt.NDArray[np.float64]:
+        if features.shape[1] != len(self.weights):
+            raise ValueError(
+                f"expected {len(self.weights)} features {self.feature_names}, "
+                f"got {features.shape[1]}"
+            )
+        return np.asarray(features @ np.asarray(self.weights), dtype=np.float64)
+
+    def contributions(self, row: Sequence[float]) -> dict[str, float]:
+        """Each feature's share of one candidate's score, largest magnitude first."""
+        named = zip(self.feature_names, self.weights, row, strict=True)
+        parts = {name: weight * value for name, weight, value in named}
+        return dict(sorted(parts.items(), key=lambda item: -abs(item[1])))
+
+    def importance(self) -> dict[str, float]:
+        """Weight x training standard deviation: how far one typical step moves the score."""
+        scales = self.scales or (1.0,) * len(self.weights)
+        return {n: w * s for n, w, s in zip(self.feature_names, self.weights, scales, strict=True)}
+
+    def save(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        document = {
+            "format": FORMAT,
+            "features": list(self.feature_names),
+            "weights": list(self.weights),
+            "scales": list(self.scales),
+            "card": self.card,
+        }
+        path.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+
+    @classmethod
+    def load(cls, path: Path) -> LinearRanker:
+        try:
+            document = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise CheckpointError(f"cannot read final-stage ranker {path}: {e}") from e
+        if not isinstance(document, dict) or document.get("format") != FORMAT:
+            raise CheckpointError(f"{path} is not a shoprank linear ranker (format {FORMAT})")
+        return cls(
+            tuple(document["features"]),
+            tuple(float(w) for w in document["weights"]),
+            tuple(float(s) for s in document.get("scales", [])),
+            dict(document.get("card", {})),
+        )
+
+
+def _pairs(groups: Sequence[RankingGroup]) -> tuple[Matrix, npt.NDArray[np.int64], Matrix]:
+    differences, labels, weights = [], [], []
+    for group in groups:
+        gains = np.asarray(group.gains, dtype=np.float64)
+        better, worse = np.nonzero(gains[:, None] > gains[None, :])
+        if not len(better):
+            continue
+        delta = group.features[better] - group.features[worse]
+        weight = gains[better] - gains[worse]
+        # Both orientations, so the model has no intercept to lean on.
+        differences += [delta, -delta]
+        labels += [np.ones(len(delta), dtype=np.int64), np.zeros(len(delta), dtype=np.int64)]
+        weights += [weight, weight]
+    if not differences:
+        raise ValueError("no query has two candidates with different gains to learn from")
+    return np.vstack(differences), np.concatenate(labels), np.concatenate(weights)
+
+
+def fit_linear_ranker(
+    groups: Sequence[RankingGroup],
+    feature_names: Sequence[str],
+    *,
+    regularization: float = 1.0,
+    card: dict[str, Any] | None = None,
+) -> LinearRanker:
+    """Fit pairwise logistic weights (L2, inverse strength ``regularization``) on standardised
+    features, then express them on the raw scale.
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    everything = np.vstack([group.features for group in groups])
+    scale = everything.std(axis=0)
+    scale[scale == 0] = 1.0
+    x, y, w = _pairs(groups)
+    model = LogisticRegression(C=regularization, fit_intercept=False, max_iter=5000)
+    model.fit(x / scale, y, sample_weight=w)
+    weights = model.coef_[0] / scale
+    return LinearRanker(
+        tuple(feature_names),
+        tuple(float(v) for v in weights),
+        tuple(float(s) for s in scale),
+        dict(card or {}),
+    )

@@ -1,0 +1,74 @@
+"""The learned final stage inside the pipeline, cross-validation folds and tuned fusion."""
+
+from __future__ import annotations
+
+import pytest
+
+from plugin.errors import RerankNotConfiguredError
+from plugin.final_stage import FusionParameters, folds_of, fused, tune_fusion
+from plugin.models import SearchRequest
+from plugin.pipeline import SearchPipeline
+from reranker.features import FEATURE_NAMES
+from reranker.ltr import LinearRanker
+from tests.plugin.test_evaluate import pipeline  # noqa: F401  (fixture)
+
+
+def _title_ranker() -> LinearRanker:
+    weights = [1.0 if name == "title_coverage" else 0.0 for name in FEATURE_NAMES]
+    return LinearRanker(FEATURE_NAMES, tuple(weights), card={"name": "title"})
+
+
+def test_final_stage_orders_by_its_score_and_explains_it(pipeline: SearchPipeline) -> None:  # noqa: F811
+    pipeline.final_ranker = _title_ranker()
+    response = pipeline.search(SearchRequest(query="red summer dress", mode="bm25", explain=True))
+    top = response.results[0]
+    assert top.id == "p3" and response.final_stage == "linear:title"
+    assert top.explanation is not None and top.explanation.ordered_by == "final"
+    assert top.scores.final == pytest.approx(1.0)
+    assert top.explanation.final_contributions is not None
+    assert top.explanation.final_contributions["title_coverage"] == pytest.approx(1.0)
+    off = pipeline.search(SearchRequest(query="red summer dress", mode="bm25", final=False))
+    assert off.final_stage == "none" and off.results[0].scores.final is None
+
+
+def test_asking_for_a_final_stage_the_server_lacks_is_an_error(pipeline: SearchPipeline) -> None:  # noqa: F811
+    with pytest.raises(RerankNotConfiguredError, match="final=true"):
+        pipeline.search(SearchRequest(query="red", mode="bm25", final=True))
+
+
+def test_folds_split_whole_queries_the_same_way_for_a_seed() -> None:
+    qids = [f"q{i}" for i in range(11)]
+    folds = folds_of(qids, 5, seed=3)
+    assert sorted(q for fold in folds for q in fold) == sorted(qids)
+    assert folds == folds_of(list(reversed(qids)), 5, seed=3)
+    assert [len(f) for f in folds] == [3, 2, 2, 2, 2]
+    with pytest.raises(ValueError):
+        folds_of(qids, 1, seed=0)
+
+
+def test_weighted_fusion_and_its_tuning_follow_the_judgments() -> None:
+    lists = {"q": (["a", "b", "c"], ["c", "b", "a"])}
+    assert fused(lists["q"], FusionParameters(k=1, window=3, bm25_weight=3.0))[0] == "a"
+    assert fused(lists["q"], FusionParameters(k=1, window=1, bm25_weight=1.0)) == ["a", "c"]
+    best = tune_fusion(lists, {"q": {"c": 3}}, ["q"], gains=None)
+    assert fused(lists["q"], best)[0] == "c"
+
+
+@pytest.mark.parametrize("protocol", ["full", "pool"])
+def test_cross_validation_scores_every_query_with_models_fitted_on_the_others(
+    pipeline: SearchPipeline, protocol: str  # noqa: F811
+) -> None:
+    from plugin.evaluate import CrossValidation, evaluate_stages
+    from tests.plugin.test_evaluate import QRELS, QUERIES
+
+    results = evaluate_stages(
+        pipeline, QUERIES, QRELS, ["hybrid", "tuned-hybrid", "final"],
+        protocol=protocol,  # type: ignore[arg-type]
+        cross_validation=CrossValidation(folds=2, seed=0),
+    )
+    tuned, final = results[1], results[2]
+    assert set(tuned.run) == set(final.run) == set(QUERIES)
+    assert "fold parameters" in tuned.note and "per fold" in final.note
+    assert final.versus_first is not None
+    with pytest.raises(ValueError, match="needs --cv"):
+        evaluate_stages(pipeline, QUERIES, QRELS, ["tuned-hybrid"])

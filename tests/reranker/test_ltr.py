@@ -1,0 +1,83 @@
+"""The linear final-stage ranker and its features, on hand-built cases."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from indexer.retrieval import Candidate
+from reranker.errors import CheckpointError
+from reranker.features import (
+    CROSS_ENCODER_FEATURE,
+    FEATURE_NAMES,
+    candidate_features,
+    stage_features,
+)
+from reranker.ltr import LinearRanker, RankingGroup, fit_linear_ranker
+from tests.conftest import make_product
+
+
+def test_pairwise_fit_learns_which_feature_predicts_the_gain() -> None:
+    rng = np.random.default_rng(0)
+    groups = []
+    for _ in range(20):
+        features = rng.normal(size=(8, 2))  # column 0 carries the signal, column 1 is noise
+        groups.append(RankingGroup(features, list(np.clip(np.round(features[:, 0] + 1), 0, 3))))
+    ranker = fit_linear_ranker(groups, ("signal", "noise"))
+    assert ranker.weights[0] > 0
+    assert abs(ranker.weights[1]) < ranker.weights[0] / 3
+    assert max(ranker.importance(), key=lambda name: abs(ranker.importance()[name])) == "signal"
+
+
+def test_a_ranker_without_pairs_to_learn_from_is_refused() -> None:
+    with pytest.raises(ValueError, match="different gains"):
+        fit_linear_ranker([RankingGroup(np.ones((3, 1)), [1, 1, 1])], ("x",))
+
+
+def test_ranker_round_trips_and_explains_a_score(tmp_path: Path) -> None:
+    ranker = LinearRanker(("a", "b"), (2.0, -1.0), (1.0, 1.0), {"name": "toy"})
+    ranker.save(tmp_path / "r.json")
+    loaded = LinearRanker.load(tmp_path / "r.json")
+    assert loaded == ranker
+    assert loaded.contributions([1.0, 3.0]) == {"b": -3.0, "a": 2.0}
+    assert loaded.score(np.array([[1.0, 3.0]])).tolist() == [-1.0]
+
+
+def test_a_file_that_is_not_a_ranker_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "x.json").write_text('{"weights": [1]}')
+    with pytest.raises(CheckpointError, match="not a shoprank linear ranker"):
+        LinearRanker.load(tmp_path / "x.json")
+    with pytest.raises(CheckpointError, match="cannot read"):
+        LinearRanker.load(tmp_path / "missing.json")
+
+
+def test_features_read_the_query_against_each_field() -> None:
+    products = {
+        "lamp": make_product("lamp", "Desk lamp", brand="Ikea", category=["Home", "Lighting"],
+                             price=20.0),
+        "chair": make_product("chair", "Office chair", brand="Herman", category=["Home"]),
+    }
+    candidates = [
+        Candidate("lamp", bm25=4.0, bm25_rank=1),
+        Candidate("chair", vector=0.5, vector_rank=1),
+    ]
+    rows = candidate_features("ikea desk lamps", candidates, products)
+    lamp, chair = (dict(zip(FEATURE_NAMES, row, strict=True)) for row in rows)
+    assert lamp["title_coverage"] == pytest.approx(2 / 3)  # "lamps" stems to "lamp"
+    assert lamp["brand_in_query"] == 1.0 and chair["brand_in_query"] == 0.0
+    assert lamp["title_bigrams"] == 0.5  # "desk lamp" yes, "ikea desk" no
+    assert lamp["bm25_relative"] == 1.0 and chair["bm25_relative"] == 1.0  # missing -> lowest seen
+    assert chair["bm25_rank"] == 0.0 and lamp["bm25_rank"] == 1.0
+    assert lamp["vector_cosine"] == 0.5  # not retrieved by vector: the lowest cosine seen
+
+
+def test_cross_encoder_column_fills_the_unscored_with_the_lowest_score() -> None:
+    products = {p: make_product(p, p) for p in ("a", "b", "c")}
+    candidates = [Candidate(p, bm25=1.0, bm25_rank=i) for i, p in enumerate("abc", 1)]
+    names = (*FEATURE_NAMES, CROSS_ENCODER_FEATURE)
+    matrix = stage_features("a", candidates, products, [2.0, -1.0, None], names)
+    assert matrix[:, -1].tolist() == [2.0, -1.0, -1.0]
+    with pytest.raises(ValueError, match="unknown final-stage features"):
+        stage_features("a", candidates, products, [None] * 3, ("bm25_relative",))
