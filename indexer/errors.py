@@ -25,3 +25,10 @@ class DimensionMismatchError(StoreError):
 
 class StoreUnavailableError(StoreError):
     """The store's server cannot be reached (the message names its URL)."""
+
+
+class EncoderMismatchError(IndexerError):
+    """The index was written by a different bi-encoder than the one asked to query or update it.
+
+    Vectors of two encoders live in different spaces: comparing them returns confident nonsense.
+    """

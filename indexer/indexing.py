@@ -10,7 +10,7 @@ from pathlib import Path
 from indexer.catalog import CatalogLoad, load_catalog
 from indexer.encoder import BiEncoder
 from indexer.schema import Product, product_to_text
-from indexer.store import VectorStore
+from indexer.store import VectorStore, check_encoder
 
 logger = logging.getLogger(__name__)
 
@@ -33,15 +33,23 @@ def index_products(
     progress: bool = False,
     metadata: dict[str, str] | None = None,
 ) -> str:
-    """Embed products and make them the serving version of ``store``."""
+    """Embed products and make them the serving version of ``store``, stamped with ``encoder``.
+
+    A rebuild may change the encoder: this is how an index moves to a new one.
+    """
+    stamp = encoder.stamp  # fails on a missing encoder folder before the long encode
     vectors = encoder.encode_texts([product_to_text(p) for p in products], progress=progress)
-    return store.replace_all(products, vectors, metadata=metadata)
+    return store.replace_all(products, vectors, metadata=metadata, encoder=stamp)
 
 
 def upsert_products(
     store: VectorStore, products: Sequence[Product], encoder: BiEncoder, *, progress: bool = False
 ) -> int:
-    """Embed products and add or replace them in the serving index."""
+    """Embed products and add or replace them in the serving index.
+
+    Raises `EncoderMismatchError` (before encoding anything) if another encoder wrote the index.
+    """
+    check_encoder(store, encoder)
     vectors = encoder.encode_texts([product_to_text(p) for p in products], progress=progress)
     return store.upsert(products, vectors)
 

@@ -5,7 +5,8 @@ Layout under ``<home>/indexes/<name>/``::
     CURRENT               name of the serving version (replaced atomically)
     .lock                 serialises writers across processes
     v20261128T070000-ab12/
-        manifest.json     written last: a version without it is incomplete
+        manifest.json     written last: a version without it is incomplete; it records
+                          the encoder that wrote the vectors
         products.jsonl    the validated records
         vectors.npy       float32, one L2-normalised row per product
         bm25/<field>/     one lexical index per field of LEXICAL_FIELDS
@@ -38,6 +39,7 @@ import numpy as np
 import numpy.typing as npt
 
 from indexer.analysis import ANALYZER_VERSION
+from indexer.encoder import EncoderStamp
 from indexer.errors import DimensionMismatchError, IndexNotFoundError, StoreError
 from indexer.lexical import LexicalIndex
 from indexer.local_snapshot import Snapshot
@@ -51,6 +53,7 @@ _CURRENT = "CURRENT"
 _MANIFEST = "manifest.json"
 _UPDATES = "updates.jsonl"
 _BUILDING_PREFIX = ".building-"
+_ENCODER = "encoder"
 
 
 class LocalStore:
@@ -176,6 +179,9 @@ class LocalStore:
     def count(self) -> int:
         return len(self._state().products)
 
+    def encoder_stamp(self) -> EncoderStamp | None:
+        return EncoderStamp.from_meta(self._state().manifest.get(_ENCODER))
+
     def get(self, product_id: str) -> Product | None:
         state = self._state()
         row = state.rows.get(product_id)
@@ -259,6 +265,7 @@ class LocalStore:
         vectors: npt.NDArray[np.float32],
         *,
         metadata: dict[str, Any] | None = None,
+        encoder: EncoderStamp | None = None,
     ) -> str:
         """Write a complete new version, then make it the serving one. Returns its name."""
         check_rebuild(products, vectors)
@@ -268,7 +275,10 @@ class LocalStore:
             version = f"v{stamp}-{secrets.token_hex(3)}"
             staging = self.root / f"{_BUILDING_PREFIX}{version}"
             staging.mkdir()
-            self._write_version(staging, version, products, vectors, metadata or {})
+            manifest = dict(metadata or {})
+            if encoder is not None:
+                manifest[_ENCODER] = encoder.to_meta()
+            self._write_version(staging, version, products, vectors, manifest)
             _fsync_tree(staging)  # on disk before anything points at it
             staging.rename(self.root / version)
             pointer = self.root / f"{_CURRENT}.{version}.tmp"

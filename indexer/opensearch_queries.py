@@ -14,12 +14,15 @@ import numpy as np
 import numpy.typing as npt
 
 from indexer.analysis import ANALYZER_NAME, opensearch_analysis_settings
+from indexer.encoder import EncoderStamp
 from indexer.schema import LEXICAL_FIELDS, Product, lexical_texts
 from indexer.store import Filters
 
 VECTOR_FIELD = "embedding"
 RECORD_FIELD = "product"
 META_KEY = "shoprank"
+#: Key of the encoder stamp inside the ``_meta.shoprank`` of an index version.
+ENCODER_KEY = "encoder"
 _NORMALIZER = "shoprank_lower"
 
 
@@ -35,8 +38,28 @@ class IndexLayout:
     ef_construction: int = 128
 
 
+def build_version_meta(
+    count: int,
+    metadata: dict[str, Any] | None = None,
+    encoder: EncoderStamp | None = None,
+    *,
+    complete: bool = False,
+) -> dict[str, Any]:
+    """What an index version records in its mapping ``_meta`` (under `META_KEY`)."""
+    meta: dict[str, Any] = {**(metadata or {}), "complete": complete, "count": count}
+    if encoder is not None:
+        meta[ENCODER_KEY] = encoder.to_meta()
+    return meta
+
+
+def version_meta(mapping: dict[str, Any]) -> dict[str, Any]:
+    """The shoprank ``_meta`` of one index's ``get_mapping`` entry (empty if it has none)."""
+    meta = mapping.get("mappings", {}).get("_meta", {}).get(META_KEY, {})
+    return meta if isinstance(meta, dict) else {}
+
+
 def build_index_body(layout: IndexLayout, meta: dict[str, Any]) -> dict[str, Any]:
-    """Settings and mapping of one index version."""
+    """Settings and mapping of one index version; ``meta`` comes from `build_version_meta`."""
     analysis = opensearch_analysis_settings()
     analysis["normalizer"] = {_NORMALIZER: {"type": "custom", "filter": ["lowercase"]}}
     text_fields = {name: {"type": "text", "analyzer": ANALYZER_NAME} for name in LEXICAL_FIELDS}

@@ -2,8 +2,9 @@
 
 Every shoprank index is an alias (``<prefix>-<name>``) over one concrete index version
 (``<alias>-v<timestamp>-<hex>``). A rebuild fills a new version, checks its document count,
-marks it complete in its mapping ``_meta`` and swaps the alias in one atomic request; a failed
-or killed rebuild never touches the alias, and the next rebuild deletes what it left.
+marks it complete in its mapping ``_meta`` (which also records the encoder that wrote it) and
+swaps the alias in one atomic request; a failed or killed rebuild never touches the alias, and
+the next rebuild deletes what it left.
 No OpenSearch exception leaves this module: they become `indexer.errors` types.
 """
 
@@ -13,6 +14,7 @@ import logging
 import re
 import secrets
 import threading
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
@@ -24,6 +26,7 @@ import numpy.typing as npt
 import opensearchpy
 from opensearchpy import OpenSearch, helpers
 
+from indexer.encoder import EncoderStamp
 from indexer.errors import (
     DimensionMismatchError,
     IndexNotFoundError,
@@ -31,6 +34,7 @@ from indexer.errors import (
     StoreUnavailableError,
 )
 from indexer.opensearch_queries import (
+    ENCODER_KEY,
     META_KEY,
     RECORD_FIELD,
     VECTOR_FIELD,
@@ -40,7 +44,9 @@ from indexer.opensearch_queries import (
     build_bulk_actions,
     build_index_body,
     build_knn_query,
+    build_version_meta,
     cosine_from_score,
+    version_meta,
 )
 from indexer.schema import EMBEDDING_DIM, Product
 from indexer.settings import IndexerSettings
@@ -49,6 +55,8 @@ from indexer.store import Filters, ScoredId, check_rebuild, check_vectors
 logger = logging.getLogger(__name__)
 
 _MAX_REPORTED_ERRORS = 10
+#: How long a read encoder stamp is trusted, so a per-query `check_encoder` costs no request.
+STAMP_RECHECK_SECONDS = 1.0
 
 
 class OpenSearchStore:
@@ -71,6 +79,7 @@ class OpenSearchStore:
         self._client: OpenSearch | None = None
         self._lock = threading.Lock()
         self._dimension: int | None = None
+        self._stamp: tuple[float, EncoderStamp | None] | None = None
 
     @property
     def client(self) -> OpenSearch:
@@ -125,11 +134,24 @@ class OpenSearchStore:
     @property
     def dimension(self) -> int:
         if self._dimension is None:
-            with self._translated("read the mapping"):
-                mappings = self.client.indices.get_mapping(index=self.alias)
-            (mapping,) = mappings.values()
+            mapping = self._serving_mapping()
             self._dimension = int(mapping["mappings"]["properties"][VECTOR_FIELD]["dimension"])
         return self._dimension
+
+    def encoder_stamp(self) -> EncoderStamp | None:
+        """Read from the serving version's ``_meta``, at most once per `STAMP_RECHECK_SECONDS`."""
+        cached = self._stamp
+        if cached is not None and time.monotonic() - cached[0] < STAMP_RECHECK_SECONDS:
+            return cached[1]
+        stamp = EncoderStamp.from_meta(version_meta(self._serving_mapping()).get(ENCODER_KEY))
+        self._stamp = (time.monotonic(), stamp)
+        return stamp
+
+    def _serving_mapping(self) -> dict[str, Any]:
+        with self._translated("read the mapping"):
+            mappings = self.client.indices.get_mapping(index=self.alias)
+        (mapping,) = mappings.values()
+        return dict(mapping)
 
     def exists(self) -> bool:
         with self._translated("look up the alias"):
@@ -221,6 +243,7 @@ class OpenSearchStore:
         vectors: npt.NDArray[np.float32],
         *,
         metadata: dict[str, Any] | None = None,
+        encoder: EncoderStamp | None = None,
     ) -> str:
         """Build a new version, verify it, then swap the alias atomically. Returns its name."""
         check_rebuild(products, vectors)
@@ -229,7 +252,7 @@ class OpenSearchStore:
             self.remove_leftovers()
             stamp = datetime.now(UTC).strftime("%Y%m%dt%H%M%S%f")  # sorts by age
             version = f"{self.alias}-v{stamp}-{secrets.token_hex(3)}"
-            meta = {"complete": False, "count": len(products), **(metadata or {})}
+            meta = build_version_meta(len(products), metadata, encoder)
             self.client.indices.create(index=version, body=build_index_body(layout, meta))
             try:
                 self._bulk(build_bulk_actions(version, products, vectors), version)
@@ -252,6 +275,7 @@ class OpenSearchStore:
                 index=version, body={"_meta": {META_KEY: {**meta, "complete": True}}}
             )
             self._dimension = layout.dimension
+            self._stamp = None
             logger.info("alias %s now serves %s (%d products)", self.alias, version, indexed)
             self._prune()
         return version
@@ -306,7 +330,7 @@ class OpenSearchStore:
         found = self.client.indices.get_mapping(index=f"{self.alias}-v*", allow_no_indices=True)
         pattern = re.compile(re.escape(self.alias) + r"-v\d{8}t\d{6}(\d{6})?-[0-9a-f]{6}")
         return {
-            name: bool(body["mappings"].get("_meta", {}).get(META_KEY, {}).get("complete"))
+            name: bool(version_meta(body).get("complete"))
             for name, body in found.items()
             if pattern.fullmatch(name)
         }

@@ -23,7 +23,9 @@ class IndexerSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SHOPRANK_", extra="ignore")
 
     home: Path = Field(default_factory=default_home)
-    #: Folder of a sentence-transformers bi-encoder; empty means the packaged all-MiniLM-L6-v2.
+    #: Folder of a sentence-transformers bi-encoder or of a ``shoprank tune encoder`` artifact
+    #: (LoRA adapter or full model); empty means the packaged all-MiniLM-L6-v2. An index only
+    #: answers vector queries from the encoder that wrote it.
     encoder_path: Path | None = None
     encode_batch_size: int = Field(default=64, ge=1, le=4096)
     encoder_max_seq_length: int = Field(default=128, ge=16, le=512)

@@ -10,7 +10,8 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from indexer.errors import DimensionMismatchError, StoreError
+from indexer.encoder import PACKAGED_IDENTITY, BiEncoder, EncoderStamp
+from indexer.errors import DimensionMismatchError, EncoderMismatchError, StoreError
 from indexer.schema import Product
 
 RetrievalMode = Literal["bm25", "vector", "hybrid"]
@@ -103,6 +104,10 @@ class VectorStore(Protocol):
 
     def count(self) -> int: ...
 
+    def encoder_stamp(self) -> EncoderStamp | None:
+        """The encoder that wrote the serving version; None if it predates encoder stamps."""
+        ...
+
     def get(self, product_id: str) -> Product | None: ...
 
     def get_many(self, product_ids: Sequence[str]) -> dict[str, Product]: ...
@@ -119,10 +124,12 @@ class VectorStore(Protocol):
         vectors: npt.NDArray[np.float32],
         *,
         metadata: dict[str, Any] | None = None,
+        encoder: EncoderStamp | None = None,
     ) -> str:
         """Build a complete new version and make it the serving one; returns its name.
 
-        A failure leaves the serving version untouched.
+        ``encoder`` is recorded with the version (`encoder_stamp` returns it). A failure leaves
+        the serving version untouched.
         """
         ...
 
@@ -150,3 +157,51 @@ def check_rebuild(products: Sequence[Product], vectors: npt.NDArray[np.float32])
     check_vectors(products, vectors)
     if not products:
         raise StoreError("refusing to build an empty index")
+
+
+def check_encoder(store: VectorStore, encoder: BiEncoder) -> None:
+    """Refuse to compare ``encoder``'s vectors with an index another encoder wrote.
+
+    Call it before a vector or hybrid query and before an upsert; BM25 needs no check. An index
+    written before encoder stamps existed counts as written by the packaged encoder.
+
+    Raises `EncoderMismatchError` naming both encoders and the two ways out.
+    """
+    written_by = store.encoder_stamp()
+    if written_by is None:
+        if encoder.is_packaged:
+            return
+        raise EncoderMismatchError(
+            f"index {store.location} was written by the packaged {PACKAGED_IDENTITY} "
+            f"(before shoprank recorded encoders), but this process encodes with "
+            f"{encoder.stamp.describe()} from {encoder.model_path}: its vectors are not "
+            f"comparable with the index's. Reindex with the new encoder "
+            f"(`shoprank reindex --catalog PATH`), or unset SHOPRANK_ENCODER_PATH to query "
+            f"with {PACKAGED_IDENTITY}."
+        )
+    using = encoder.stamp
+    if written_by.fingerprint == using.fingerprint:
+        return
+    raise EncoderMismatchError(
+        f"index {store.location} was written by encoder {written_by.describe()}, but this "
+        f"process encodes with {using.describe()}: their vectors are not comparable. "
+        f"Reindex with the new encoder (`shoprank reindex --catalog PATH`), or "
+        f"{_way_back(written_by, using)}."
+    )
+
+
+def _way_back(written_by: EncoderStamp, using: EncoderStamp) -> str:
+    """How to configure this process like the one that wrote the index."""
+    steps = []
+    if written_by.path != using.path:
+        steps.append(
+            f"unset SHOPRANK_ENCODER_PATH (the packaged {PACKAGED_IDENTITY})"
+            if written_by.path is None
+            else f"set SHOPRANK_ENCODER_PATH={written_by.path} back"
+        )
+    if written_by.max_seq_length != using.max_seq_length:
+        steps.append(f"set SHOPRANK_ENCODER_MAX_SEQ_LENGTH={written_by.max_seq_length} back")
+    if not steps:
+        where = using.path or f"the packaged {PACKAGED_IDENTITY}"
+        return f"restore the files of {where} as they were when the index was written"
+    return " and ".join(steps)

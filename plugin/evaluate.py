@@ -18,7 +18,7 @@ from typing import Any, Literal
 from indexer.fusion import reciprocal_rank_fusion
 from indexer.retrieval import Candidate
 from indexer.schema import Product, product_to_text
-from indexer.store import RetrievalMode
+from indexer.store import RetrievalMode, check_encoder
 from plugin.final_stage import (
     QueryCandidates,
     RetrievedLists,
@@ -220,6 +220,7 @@ def evaluate_stages(
     """
     judged = {qid: qrels[qid] for qid in queries if qid in qrels}
     if any(stage != "bm25" for stage in stages):
+        check_encoder(pipeline.store, pipeline.encoder)
         pipeline.encoder.encode_query("warm up")  # load the model outside the timings
     pools = _pools(pipeline, queries, judged) if protocol == "pool" else None
     results: list[StageResult] = []

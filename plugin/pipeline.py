@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from indexer.encoder import BiEncoder
 from indexer.retrieval import Candidate, retrieve
 from indexer.schema import Product, product_to_text
-from indexer.store import VectorStore
+from indexer.store import VectorStore, check_encoder
 from plugin.errors import RerankNotConfiguredError
 from plugin.models import Explanation, SearchHit, SearchRequest, SearchResponse, StageScores
 from reranker.base import NoReranker, Reranker
@@ -120,7 +120,10 @@ class SearchPipeline:
                 "rerank=true but the server runs without a reranker "
                 "(start it with --reranker cross-encoder --checkpoint DIR)"
             )
-        vector = self.encoder.encode_query(request.query) if request.mode != "bm25" else None
+        vector = None
+        if request.mode != "bm25":
+            check_encoder(self.store, self.encoder)  # cheap: the stores cache the index's stamp
+            vector = self.encoder.encode_query(request.query)
         clock.lap("encode")
         depth = max(self.candidates, request.k)
         candidates = retrieve(

@@ -16,8 +16,10 @@ from rich.table import Table
 
 from indexer.catalog import load_catalog
 from indexer.errors import CatalogError, IndexerError
+from indexer.store import check_encoder
 from plugin.components import build_encoder, build_store
 from plugin.errors import PluginError
+from reranker.encoder_tuning import BiEncoderTuneConfig, tune_bi_encoder
 from reranker.errors import RerankerError
 from reranker.evaluation import ESCI_GAINS, load_qrels, load_queries
 from reranker.training_data import mine_candidates
@@ -152,3 +154,126 @@ def tune_reranker(
             f"queries ({metric} {result.validation_best:.4f} <= "
             f"{result.validation_retrieval:.4f})[/]"
         )
+
+
+def _encoder_default(field: str) -> Any:
+    """A CLI default taken from the bi-encoder tuning config."""
+    return BiEncoderTuneConfig.model_fields[field].default
+
+
+@tune_app.command("encoder")
+def tune_encoder(
+    catalog: CatalogOption,
+    queries: QueriesOption,
+    qrels: QrelsOption,
+    out_dir: OutOption,
+    lora: Annotated[
+        bool, typer.Option("--lora/--full", help="Train a LoRA adapter (~0.3 MB) or every weight.")
+    ] = True,
+    epochs: Annotated[int, typer.Option("--epochs", min=1, max=100)] = _encoder_default(
+        "epochs"
+    ),
+    seed: Annotated[int, typer.Option("--seed")] = _encoder_default("seed"),
+    esci: EsciOption = False,
+    index: IndexOption = None,
+    negatives: Annotated[
+        int, typer.Option("--negatives", min=1, max=1000, help="Mined hard negatives per query.")
+    ] = _encoder_default("negatives_per_query"),
+    min_grade: Annotated[
+        int, typer.Option("--min-grade", min=1, help="Lowest grade that counts as a positive.")
+    ] = _encoder_default("min_positive_grade"),
+    max_seq_length: Annotated[
+        int, typer.Option("--max-seq-length", min=16, max=512, help="Tokens per text.")
+    ] = _encoder_default("max_seq_length"),
+    depth: Annotated[
+        int, typer.Option("--depth", min=1, max=1000, help="Candidates mined per query; each "
+                          "validation query adds this many to the validation corpus.")
+    ] = _encoder_default("validation_depth"),
+    batch_size: Annotated[
+        int, typer.Option("--batch-size", min=2, max=1024, help="Rows per batch (in-batch "
+                          "negatives: larger is harder).")
+    ] = _encoder_default("batch_size"),
+    learning_rate: Annotated[
+        float | None,
+        typer.Option("--learning-rate", help="Default 5e-4 with LoRA, 2e-5 with --full."),
+    ] = None,
+) -> None:
+    """Fine-tune the bi-encoder (query and product vectors) from the packaged MiniLM weights.
+
+    Trains on (query, relevant product, mined hard negative) triplets with in-batch negatives;
+    held-out queries pick the best epoch by the nDCG@10 of vector retrieval. Writes the model,
+    model_card.json and README.md to --out. To use it, set SHOPRANK_ENCODER_PATH=OUT and
+    rebuild the index: an index refuses vector queries from another encoder than its own.
+    """
+    # plugin.cli registers this app, so its helpers are imported when the command runs.
+    from plugin.cli import _eval_index_name, _fail, _index_exists, _reindex, _settings, console
+
+    if not catalog.is_file():
+        _fail(f"--catalog: file not found: {catalog}")
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        _fail(f"--out {out_dir} exists and is not an empty folder; choose a new one")
+    settings = _settings(index=index or _eval_index_name(catalog))
+    try:
+        config = BiEncoderTuneConfig(
+            lora=lora, epochs=epochs, seed=seed, negatives_per_query=negatives,
+            min_positive_grade=min_grade, max_seq_length=max_seq_length, batch_size=batch_size,
+            learning_rate=learning_rate, validation_depth=depth,
+            gains=ESCI_GAINS if esci else None,
+        )
+        query_texts = load_queries(queries)
+        judgments = load_qrels(qrels)
+        products = {product.id: product for product in load_catalog(catalog).products}
+    except ValidationError as e:
+        _fail(str(e))
+    except (RerankerError, CatalogError) as e:
+        _fail(str(e))
+    judged = {qid: text for qid, text in query_texts.items() if qid in judgments}
+    if not judged:
+        _fail(f"no query of {queries} has a judgment in {qrels}")
+    if not _index_exists(settings):
+        _reindex(settings, catalog, strict=False)
+    try:
+        console.print(f"mining {depth} candidates for {len(judged)} judged queries "
+                      f"from {settings.index}")
+        store = build_store(settings)
+        try:
+            encoder = build_encoder(settings.indexer)
+            check_encoder(store, encoder)
+            candidates = mine_candidates(store, encoder, judged, depth)
+        finally:
+            store.close()
+        console.print(f"tuning the bi-encoder ({config.mode}), this takes a while on a CPU")
+        result = tune_bi_encoder(
+            products, judged, judgments, candidates, out_dir, config,
+            catalog=str(catalog), progress=True,
+        )
+    except (IndexerError, RerankerError, PluginError) as e:
+        _fail(str(e), code=1)
+
+    table = Table(title=f"bi-encoder tuned ({result.mode}) -> {result.out}")
+    table.add_column("")
+    table.add_column("value", justify="right")
+    metric = result.validation_metric
+    for label, value in (
+        ("training queries / triplets", f"{result.train_queries} / {result.train_pairs}"),
+        ("validation queries / corpus",
+         f"{result.validation_queries} / {result.validation_pairs} products"),
+        ("training time", f"{result.training_seconds:.0f} s ({result.steps} steps)"),
+        (f"validation {metric}, mined order", f"{result.validation_retrieval:.4f}"),
+        (f"validation {metric}, packaged encoder", f"{result.validation_before:.4f}"),
+        (f"validation {metric}, tuned (step {result.best_step})",
+         f"{result.validation_best:.4f}"),
+        ("artifact size", f"{result.artifact_bytes / 1e6:.2f} MB"),
+    ):
+        table.add_row(label, value)
+    console.print(table)
+    if result.validation_best <= result.validation_before:
+        console.print(
+            f"[yellow]the tuned encoder does not beat the packaged one on the validation "
+            f"queries ({metric} {result.validation_best:.4f} <= "
+            f"{result.validation_before:.4f})[/]"
+        )
+    console.print(
+        f"use it: SHOPRANK_ENCODER_PATH={result.out} shoprank reindex --catalog {catalog}",
+        highlight=False,
+    )

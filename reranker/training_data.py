@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from indexer.encoder import BiEncoder
 from indexer.retrieval import retrieve
-from indexer.store import RetrievalMode, VectorStore
+from indexer.store import RetrievalMode, VectorStore, check_encoder
 from reranker.evaluation import Gains, Qrels, gain_of
 
 
@@ -55,6 +55,8 @@ def mine_candidates(
     mode: RetrievalMode = "hybrid",
 ) -> dict[str, list[str]]:
     """Retrieve the top ``depth`` product ids for every query, best first."""
+    if mode != "bm25":
+        check_encoder(store, encoder)
     mined: dict[str, list[str]] = {}
     for qid, text in queries.items():
         vector = encoder.encode_query(text) if mode != "bm25" else None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from indexer.analysis import STOPWORDS
+from indexer.encoder import EncoderStamp
 from indexer.opensearch_queries import (
     IndexLayout,
     build_alias_swap,
@@ -12,7 +13,9 @@ from indexer.opensearch_queries import (
     build_document,
     build_index_body,
     build_knn_query,
+    build_version_meta,
     cosine_from_score,
+    version_meta,
 )
 from indexer.store import Filters
 from tests.conftest import make_product
@@ -72,3 +75,15 @@ def test_alias_swap_is_one_request() -> None:
 
 def test_cosine_from_score_undoes_the_shift() -> None:
     assert cosine_from_score(1.0) == 1.0 and cosine_from_score(0.5) == 0.0
+
+
+def test_version_meta_records_the_encoder_and_reads_back() -> None:
+    stamp = EncoderStamp("tuned:shoes", "0123456789abcdef", 128, "/models/shoes")
+    meta = build_version_meta(6, {"catalog": "c.jsonl", "complete": True}, stamp)
+    assert meta == {"catalog": "c.jsonl", "complete": False, "count": 6,
+                    "encoder": stamp.to_meta()}
+    body = build_index_body(IndexLayout(dimension=8), meta)
+    assert version_meta(body) == meta
+    assert EncoderStamp.from_meta(version_meta(body)["encoder"]) == stamp
+    assert "encoder" not in build_version_meta(6)
+    assert version_meta({"mappings": {}}) == {}

@@ -9,11 +9,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from indexer.errors import DimensionMismatchError, IndexNotFoundError, StoreError
+from indexer.encoder import BiEncoder
+from indexer.errors import (
+    DimensionMismatchError,
+    EncoderMismatchError,
+    IndexNotFoundError,
+    StoreError,
+)
+from indexer.indexing import upsert_products
 from indexer.retrieval import retrieve
 from indexer.schema import Product
-from indexer.store import Filters, VectorStore
+from indexer.store import Filters, VectorStore, check_encoder
 from tests.conftest import axis_vectors, make_product
+from tests.indexer.encoder_factories import fake_model
 from tests.indexer.store_factories import STORE_KINDS, StoreFactory, store_factory
 
 
@@ -157,3 +165,55 @@ def test_bad_rebuild_input_leaves_the_serving_index(
 def test_a_missing_index_is_a_clear_error(make_store: StoreFactory) -> None:
     with pytest.raises(IndexNotFoundError, match="reindex"):
         make_store(8).count()
+
+
+def test_the_index_remembers_the_encoder_that_wrote_it(
+    make_store: StoreFactory, tiny_products: list[Product], tmp_path: Path
+) -> None:
+    tuned = BiEncoder(fake_model(tmp_path / "shoes-lora"))
+    store = make_store(8)
+    store.replace_all(tiny_products, axis_vectors(6), encoder=tuned.stamp)
+    assert store.encoder_stamp() == tuned.stamp
+    check_encoder(store, tuned)
+    store.replace_all(tiny_products, axis_vectors(6), encoder=BiEncoder().stamp)
+    assert store.encoder_stamp() == BiEncoder().stamp
+
+
+def test_another_encoder_is_refused_naming_both_and_the_fix(
+    make_store: StoreFactory, tiny_products: list[Product], tmp_path: Path
+) -> None:
+    store = make_store(8)
+    store.replace_all(tiny_products, axis_vectors(6), encoder=BiEncoder().stamp)
+    check_encoder(store, BiEncoder())
+    tuned = BiEncoder(fake_model(tmp_path / "shoes-full"))
+    with pytest.raises(EncoderMismatchError) as refused:
+        check_encoder(store, tuned)
+    message = str(refused.value)
+    assert "all-MiniLM-L6-v2" in message and "shoes-full" in message
+    assert "shoprank reindex" in message and "unset SHOPRANK_ENCODER_PATH" in message
+    # An upsert is refused before anything is encoded (this fake model could not encode).
+    with pytest.raises(EncoderMismatchError):
+        upsert_products(store, [make_product("z", "zzz")], tuned)
+    assert store.count() == 6 and store.get("z") is None
+
+
+def test_a_tuned_index_tells_how_to_get_its_encoder_back(
+    make_store: StoreFactory, tiny_products: list[Product], tmp_path: Path
+) -> None:
+    tuned = BiEncoder(fake_model(tmp_path / "shoes-lora"))
+    store = make_store(8)
+    store.replace_all(tiny_products, axis_vectors(6), encoder=tuned.stamp)
+    with pytest.raises(EncoderMismatchError, match=r"SHOPRANK_ENCODER_PATH=\S*shoes-lora back"):
+        check_encoder(store, BiEncoder())
+    longer = BiEncoder(tmp_path / "shoes-lora", max_seq_length=256)
+    with pytest.raises(EncoderMismatchError, match="SHOPRANK_ENCODER_MAX_SEQ_LENGTH=128"):
+        check_encoder(store, longer)
+
+
+def test_an_index_without_a_stamp_counts_as_the_packaged_encoder(
+    store: VectorStore, tiny_products: list[Product], tmp_path: Path
+) -> None:
+    assert store.encoder_stamp() is None  # written before stamps (and by tests without one)
+    check_encoder(store, BiEncoder())
+    with pytest.raises(EncoderMismatchError, match="packaged all-MiniLM-L6-v2"):
+        check_encoder(store, BiEncoder(fake_model(tmp_path / "other")))

@@ -1,0 +1,558 @@
+"""Fine-tune the bi-encoder on judged queries: LoRA by default, full fine-tuning on request.
+
+The model starts from the packaged all-MiniLM-L6-v2 and is trained by the sentence-transformers
+trainer with `MultipleNegativesRankingLoss` on (query, relevant product, mined hard negative)
+triplets: each query is pulled towards its relevant product and away from its hard negative
+and from every other product in the batch. This module prepares the data, picks the settings,
+validates with our own nDCG and writes the artifact with its model card.
+
+The artifact is what ``SHOPRANK_ENCODER_PATH`` points at (`indexer.encoder.BiEncoder` loads
+both kinds). A new encoder writes vectors in a new space, so an index must be rebuilt with it
+before it answers vector queries (`indexer.store.check_encoder` refuses otherwise)::
+
+    candidates = mine_candidates(store, BiEncoder(), queries, depth=100)
+    result = tune_bi_encoder(products, queries, qrels, candidates, Path("encoder-lora"))
+    # SHOPRANK_ENCODER_PATH=encoder-lora shoprank reindex --catalog products.jsonl
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+from pydantic import BaseModel, ConfigDict, Field
+
+from indexer.encoder import (
+    MODEL_CARD,
+    hf_transformer,
+    load_sentence_transformer,
+    packaged_model_path,
+    prepare_offline_loading,
+)
+from indexer.errors import IndexerError
+from indexer.schema import Product, product_to_text
+from reranker.cross_encoder import ADAPTER_WEIGHTS, TunedModelCard, portable_adapter_config
+from reranker.evaluation import Gains, Qrels, evaluate_run
+from reranker.training_data import hard_negatives, split_queries
+from reranker.tuning import BASE_MODEL, TuneResult, TuningError
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
+
+logger = logging.getLogger(__name__)
+
+_CARD_LIBRARIES = ("torch", "transformers", "sentence-transformers", "peft", "accelerate",
+                   "datasets")
+_DOCUMENTATION = frozenset({MODEL_CARD, "README.md"})
+
+
+class BiEncoderTuneConfig(BaseModel):
+    """Settings of one bi-encoder tuning run; every field is recorded in the model card.
+
+    ``min_positive_grade``: judged products with at least this grade are positives (3 is ESCI's
+    Exact). ``negatives_per_query``: mined hard negatives per training query; a query yields
+    one triplet per positive or per negative, whichever is more. ``learning_rate=None`` picks
+    5e-4 for LoRA and 2e-5 for full fine-tuning. ``validation_depth``: each validation query
+    contributes its top mined candidates to the validation corpus, which every validation
+    query then ranks by cosine similarity. ``eval_steps=None`` validates once per epoch.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    lora: bool = True
+    epochs: int = Field(default=2, ge=1, le=100)
+    batch_size: int = Field(default=32, ge=2, le=1024)
+    learning_rate: float | None = Field(default=None, gt=0, le=1)
+    warmup_ratio: float = Field(default=0.1, ge=0, lt=1)
+    weight_decay: float = Field(default=0.01, ge=0)
+    max_seq_length: int = Field(default=128, ge=16, le=512)
+    min_positive_grade: int = Field(default=3, ge=1)
+    negatives_per_query: int = Field(default=3, ge=1, le=1000)
+    gains: dict[int, float] | None = None
+    validation_fraction: float = Field(default=0.2, gt=0, lt=1)
+    validation_depth: int = Field(default=100, ge=1, le=10_000)
+    k: int = Field(default=10, ge=1, le=100)
+    eval_steps: int | None = Field(default=None, ge=1)
+    early_stopping_patience: int = Field(default=2, ge=1)
+    logging_steps: int = Field(default=10, ge=1)
+    lora_r: int = Field(default=8, ge=1)
+    lora_alpha: int = Field(default=16, ge=1)
+    lora_dropout: float = Field(default=0.1, ge=0, lt=1)
+    lora_target_modules: tuple[str, ...] = ("query", "value")
+    seed: int = 0
+
+    @property
+    def mode(self) -> Literal["lora", "full"]:
+        return "lora" if self.lora else "full"
+
+    @property
+    def resolved_learning_rate(self) -> float:
+        if self.learning_rate is not None:
+            return self.learning_rate
+        return 5e-4 if self.lora else 2e-5
+
+
+@dataclass(frozen=True)
+class Triplet:
+    """One training row: a query, a relevant product and a hard negative (product ids)."""
+
+    query_id: str
+    positive: str
+    negative: str
+
+
+def triplets(
+    query_ids: Sequence[str],
+    qrels: Qrels,
+    negatives: Mapping[str, Sequence[str]],
+    min_positive_grade: int,
+) -> list[Triplet]:
+    """Pair each query's positives with its hard negatives, cycling the shorter list.
+
+    A query without a positive or without a negative yields nothing.
+
+    >>> triplets(["q"], {"q": {"a": 3, "b": 2}}, {"q": ["x", "y", "z"]}, 3)
+    ... # doctest: +NORMALIZE_WHITESPACE
+    [Triplet(query_id='q', positive='a', negative='x'),
+     Triplet(query_id='q', positive='a', negative='y'),
+     Triplet(query_id='q', positive='a', negative='z')]
+    """
+    rows: list[Triplet] = []
+    for qid in query_ids:
+        judged = qrels.get(qid, {})
+        positives = sorted(pid for pid, grade in judged.items() if grade >= min_positive_grade)
+        hard = list(negatives.get(qid, ()))
+        if not positives or not hard:
+            continue
+        for i in range(max(len(positives), len(hard))):
+            rows.append(Triplet(qid, positives[i % len(positives)], hard[i % len(hard)]))
+    return rows
+
+
+def tune_bi_encoder(
+    products: Mapping[str, Product],
+    queries: Mapping[str, str],
+    qrels: Qrels,
+    candidates: Mapping[str, Sequence[str]],
+    out: Path,
+    config: BiEncoderTuneConfig | None = None,
+    *,
+    catalog: str | None = None,
+    progress: bool = False,
+) -> TuneResult:
+    """Train a bi-encoder and write it (with ``model_card.json`` and ``README.md``) to ``out``.
+
+    Queries that have text, judgments and mined ``candidates`` are split into training and
+    validation queries (`split_queries`). Training rows are `triplets`: a positive (grade >=
+    ``min_positive_grade``) and a hard negative (`hard_negatives`: the best-ranked candidates
+    not judged relevant). Batches never repeat a text (``NO_DUPLICATES``), so a query's other
+    positives cannot appear as its in-batch negatives.
+
+    After each epoch (or ``eval_steps``) the validation queries rank the validation corpus
+    (their candidates' union) by cosine similarity, scored with `reranker.evaluation` nDCG@k;
+    the best checkpoint is kept and training stops early when it stops improving.
+
+    ``out`` must be missing or empty. LoRA writes only the adapter (~0.3 MB); full fine-tuning
+    writes a sentence-transformers folder. ``catalog`` names the data in the model card.
+    """
+    config = config or BiEncoderTuneConfig()
+    _check_out(out)
+    usable = sorted(q for q in qrels if q in queries and q in candidates and qrels[q])
+    if len(usable) < 2:
+        raise TuningError(
+            f"need at least 2 queries with text, judgments and mined candidates (got {len(usable)})"
+        )
+    train_ids, validation_ids = split_queries(usable, config.validation_fraction, config.seed)
+    in_catalog = {q: [p for p in candidates[q] if p in products] for q in usable}
+    negatives = hard_negatives(
+        {q: in_catalog[q] for q in train_ids}, qrels, config.negatives_per_query
+    )
+    judged_in_catalog = {q: {p: g for p, g in qrels[q].items() if p in products} for q in usable}
+    rows = triplets(train_ids, judged_in_catalog, negatives, config.min_positive_grade)
+    if not rows:
+        raise TuningError(
+            f"no training triplet: no training query has a product of grade >= "
+            f"{config.min_positive_grade} in the catalog and a mined negative"
+        )
+    texts = ProductTexts(products)
+    corpus = list(dict.fromkeys(
+        p for q in validation_ids for p in in_catalog[q][: config.validation_depth]
+    ))
+    validation = RetrievalValidation(
+        {q: queries[q] for q in validation_ids}, corpus, texts,
+        {q: qrels[q] for q in validation_ids}, k=config.k, gains=config.gains,
+    )
+    logger.info(
+        "tuning the bi-encoder (%s): %d training queries, %d triplets; %d validation queries "
+        "over %d products", config.mode, len(train_ids), len(rows), len(validation_ids),
+        len(corpus),
+    )
+    retrieval_order = {q: in_catalog[q][: config.validation_depth] for q in validation_ids}
+    try:
+        return _train(
+            config, rows, queries, texts, validation, out,
+            train_queries=len(train_ids),
+            validation_retrieval=validation.ndcg(retrieval_order),
+            catalog=catalog,
+            progress=progress,
+        )
+    except (OSError, ValueError, RuntimeError, IndexerError) as e:
+        raise TuningError(f"tuning failed, {out} may be incomplete: {e}") from e
+
+
+def _check_out(out: Path) -> None:
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise TuningError(f"--out {out} exists and is not an empty folder; choose a new one")
+
+
+class ProductTexts:
+    """`product_to_text` of each product, rendered once."""
+
+    def __init__(self, products: Mapping[str, Product]) -> None:
+        self._products = products
+        self._cache: dict[str, str] = {}
+
+    def __getitem__(self, product_id: str) -> str:
+        text = self._cache.get(product_id)
+        if text is None:
+            text = self._cache[product_id] = product_to_text(self._products[product_id])
+        return text
+
+
+class RetrievalValidation:
+    """Vector retrieval of held-out queries over a corpus, scored by our nDCG@k.
+
+    Every query ranks the whole corpus by cosine similarity (exact search, like the local
+    store); the mean nDCG@k comes from `reranker.evaluation.evaluate_run`, so training selects
+    on the metric ``shoprank eval`` reports.
+    """
+
+    def __init__(
+        self,
+        queries: Mapping[str, str],
+        corpus: Sequence[str],
+        texts: ProductTexts,
+        qrels: Qrels,
+        *,
+        k: int = 10,
+        gains: Gains | None = None,
+        batch_size: int = 64,
+    ) -> None:
+        self.queries, self.corpus, self.texts, self.qrels = queries, list(corpus), texts, qrels
+        self.k, self.gains, self.batch_size = k, gains, batch_size
+        self.metric = f"ndcg@{k}"
+
+    def ndcg(self, run: Mapping[str, Sequence[str]]) -> float:
+        return evaluate_run(run, self.qrels, k=self.k, gains=self.gains).ndcg
+
+    def rank(self, model: SentenceTransformer) -> dict[str, list[str]]:
+        """Each query's corpus products, most similar first (ties keep corpus order)."""
+        qids = list(self.queries)
+        if not qids or not self.corpus:
+            return {q: [] for q in qids}
+        query_vectors = self._encode(model, [self.queries[q] for q in qids])
+        product_vectors = self._encode(model, [self.texts[p] for p in self.corpus])
+        scores = query_vectors @ product_vectors.T
+        return {
+            q: [self.corpus[i] for i in np.argsort(-row, kind="stable")]
+            for q, row in zip(qids, scores, strict=True)
+        }
+
+    def _encode(self, model: SentenceTransformer, texts: list[str]) -> npt.NDArray[np.float32]:
+        vectors = model.encode(
+            texts, batch_size=self.batch_size, show_progress_bar=False, convert_to_numpy=True,
+            normalize_embeddings=True,
+        )
+        return np.asarray(vectors, dtype=np.float32)
+
+    def score(self, model: SentenceTransformer) -> float:
+        """Mean nDCG@k of the model's rankings."""
+        return self.ndcg(self.rank(model))
+
+
+def _evaluator(validation: RetrievalValidation) -> Any:
+    """A sentence-transformers evaluator returning ``{"ndcg@k": value}``.
+
+    Built on demand so that importing this module does not import sentence-transformers.
+    """
+    from sentence_transformers.base.evaluation import BaseEvaluator
+
+    class RetrievalNdcgEvaluator(BaseEvaluator):
+        def __init__(self) -> None:
+            super().__init__()  # type: ignore[no-untyped-call]
+            self.primary_metric = validation.metric
+
+        def __call__(  # type: ignore[override]
+            self, model: SentenceTransformer, output_path: str | None = None,
+            epoch: float = -1, steps: int = -1,
+        ) -> dict[str, float]:
+            value = validation.score(model)
+            logger.info("validation %s %.4f (epoch %s, step %s)", validation.metric, value,
+                        epoch, steps)
+            return {validation.metric: value}
+
+    return RetrievalNdcgEvaluator()
+
+
+def _train(
+    config: BiEncoderTuneConfig,
+    rows: Sequence[Triplet],
+    queries: Mapping[str, str],
+    texts: ProductTexts,
+    validation: RetrievalValidation,
+    out: Path,
+    *,
+    train_queries: int,
+    validation_retrieval: float,
+    catalog: str | None,
+    progress: bool,
+) -> TuneResult:
+    prepare_offline_loading()
+    from datasets import Dataset  # type: ignore[import-untyped]
+    from sentence_transformers import SentenceTransformerTrainingArguments
+    from sentence_transformers.base.sampler import BatchSamplers
+    from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+    from transformers import EarlyStoppingCallback, PrinterCallback, set_seed
+
+    # The LoRA matrices are initialised at random: seed before building them.
+    set_seed(config.seed)
+    model = load_sentence_transformer(packaged_model_path())
+    model.max_seq_length = config.max_seq_length
+    if config.lora:
+        _add_lora(model, config)
+    validation_before = validation.score(model)
+    dataset = Dataset.from_dict({
+        "anchor": [queries[row.query_id] for row in rows],
+        "positive": [texts[row.positive] for row in rows],
+        "negative": [texts[row.negative] for row in rows],
+    })
+    every: dict[str, Any] = (
+        {"eval_strategy": "epoch", "save_strategy": "epoch"}
+        if config.eval_steps is None
+        else {"eval_strategy": "steps", "save_strategy": "steps",
+              "eval_steps": config.eval_steps, "save_steps": config.eval_steps}
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".checkpoints-", dir=out) as work:
+        args = SentenceTransformerTrainingArguments(
+            output_dir=work,
+            num_train_epochs=config.epochs,
+            per_device_train_batch_size=config.batch_size,
+            learning_rate=config.resolved_learning_rate,
+            warmup_steps=config.warmup_ratio,  # a float below 1 is a ratio in transformers 5
+            weight_decay=config.weight_decay,
+            seed=config.seed,
+            data_seed=config.seed,
+            batch_sampler=BatchSamplers.NO_DUPLICATES,
+            **every,
+            save_total_limit=2,
+            save_only_model=True,
+            load_best_model_at_end=True,
+            metric_for_best_model=f"eval_{validation.metric}",
+            greater_is_better=True,
+            logging_steps=config.logging_steps,
+            report_to="none",
+            disable_tqdm=not progress,
+        )
+        trainer = _trainer_class()(
+            model=model,
+            args=args,
+            train_dataset=dataset,
+            loss=MultipleNegativesRankingLoss(model),
+            evaluator=_evaluator(validation),
+            callbacks=[EarlyStoppingCallback(config.early_stopping_patience)],
+        )
+        if not progress:
+            trainer.remove_callback(PrinterCallback)
+        started = time.perf_counter()
+        trainer.train()
+        training_seconds = time.perf_counter() - started
+        state = trainer.state
+    best = state.best_metric
+    validation_best = validation.score(model)
+    if best is not None and abs(validation_best - best) > 1e-6:
+        raise TuningError(
+            f"the best checkpoint ({validation.metric} {best:.4f}) was not restored "
+            f"(the final model scores {validation_best:.4f})"
+        )
+    result = TuneResult(
+        out=out,
+        mode=config.mode,
+        train_queries=train_queries,
+        validation_queries=len(validation.queries),
+        train_pairs=len(rows),
+        validation_pairs=len(validation.corpus),
+        training_seconds=training_seconds,
+        validation_metric=validation.metric,
+        validation_before=validation_before,
+        validation_best=validation_best,
+        validation_retrieval=validation_retrieval,
+        best_step=_step_of(state.best_model_checkpoint),
+        steps=state.global_step,
+        losses=tuple(float(entry["loss"]) for entry in state.log_history if "loss" in entry),
+        artifact_bytes=_save(model, out, config),
+    )
+    write_model_card(out, result, config, catalog=catalog)
+    return result
+
+
+def _add_lora(model: SentenceTransformer, config: BiEncoderTuneConfig) -> None:
+    """Wrap the transformer in a peft LoRA model for feature extraction.
+
+    sentence-transformers' own ``add_adapter`` refuses this peft version, so the wrapping is
+    done on the underlying Hugging Face model.
+    """
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    lora = LoraConfig(
+        task_type=TaskType.FEATURE_EXTRACTION,
+        r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules=list(config.lora_target_modules),
+    )
+    transformer = hf_transformer(model)
+    # The peft wrapper forwards like the model it wraps, which is all the module needs.
+    transformer.model = get_peft_model(transformer.model, lora)  # type: ignore[assignment]
+
+
+def _trainer_class() -> type[Any]:
+    """The sentence-transformers trainer, able to restore the best LoRA checkpoint.
+
+    Its own restore rebuilds the whole model from the checkpoint folder, which fails for a
+    hand-wrapped peft model (and is only logged); loading the adapter weights back does it.
+    """
+    import torch
+    from peft import PeftModel, set_peft_model_state_dict
+    from safetensors.torch import load_file
+    from sentence_transformers import SentenceTransformerTrainer
+
+    class _Trainer(SentenceTransformerTrainer):
+        def _load_from_checkpoint(
+            self, resume_from_checkpoint: str, model: torch.nn.Module | None = None
+        ) -> None:
+            transformer = hf_transformer(self.model).model
+            if isinstance(transformer, PeftModel):
+                weights = load_file(str(Path(resume_from_checkpoint) / ADAPTER_WEIGHTS))
+                set_peft_model_state_dict(transformer, weights)
+            else:
+                super()._load_from_checkpoint(resume_from_checkpoint)
+
+    return _Trainer
+
+
+def _step_of(checkpoint: str | None) -> int | None:
+    if checkpoint is None:
+        return None
+    return int(checkpoint.rsplit("-", 1)[-1])
+
+
+def _save(model: SentenceTransformer, out: Path, config: BiEncoderTuneConfig) -> int:
+    """Write the artifact; returns its size in bytes (documentation files excluded)."""
+    out.mkdir(parents=True, exist_ok=True)
+    if config.lora:
+        # The tokenizer, pooling and normalisation are the packaged model's: not copied.
+        hf_transformer(model).model.save_pretrained(str(out))
+        portable_adapter_config(out)
+    else:
+        model.save_pretrained(str(out))
+    return sum(path.stat().st_size for path in out.rglob("*")
+               if path.is_file() and path.name not in _DOCUMENTATION)
+
+
+def write_model_card(
+    out: Path, result: TuneResult, config: BiEncoderTuneConfig, *, catalog: str | None
+) -> TunedModelCard:
+    """Write ``model_card.json`` (the cross-encoder's format) and a ``README.md`` from it."""
+    card = TunedModelCard(
+        base_model=BASE_MODEL,
+        mode=result.mode,
+        max_length=config.max_seq_length,
+        config={**config.model_dump(mode="json"),
+                "learning_rate": config.resolved_learning_rate},
+        data={
+            "catalog": catalog,
+            "train_queries": result.train_queries,
+            "validation_queries": result.validation_queries,
+            "train_triplets": result.train_pairs,
+            "validation_corpus": result.validation_pairs,
+        },
+        training_seconds=round(result.training_seconds, 2),
+        validation_metric=result.validation_metric,
+        validation_before=result.validation_before,
+        validation_best=result.validation_best,
+        validation_retrieval=result.validation_retrieval,
+        best_step=result.best_step,
+        artifact_bytes=result.artifact_bytes,
+        versions={name: _version(name) for name in _CARD_LIBRARIES},
+        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+    )
+    (out / MODEL_CARD).write_text(card.model_dump_json(indent=2) + "\n", encoding="utf-8")
+    (out / "README.md").write_text(render_model_card(card), encoding="utf-8")
+    return card
+
+
+def _version(name: str) -> str:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def render_model_card(card: TunedModelCard) -> str:
+    """The human model card (Markdown) of a tuned bi-encoder."""
+    metric = card.validation_metric
+    how = ("a LoRA adapter over the packaged base weights (load it with shoprank)"
+           if card.mode == "lora" else "a full sentence-transformers bi-encoder")
+    lines = [
+        "# shoprank bi-encoder",
+        "",
+        f"Fine-tuned from {card.base_model}: {how}.",
+        "Input: a query, or `indexer.schema.product_to_text(product)`, "
+        f"at most {card.max_length} tokens; output: L2-normalised vectors.",
+        "",
+        "Use it with `SHOPRANK_ENCODER_PATH=<this folder>`, then rebuild the index "
+        "(`shoprank reindex`): an index answers vector queries only from the encoder "
+        "that wrote it.",
+        "",
+        "## Validation",
+        "",
+        f"Held-out queries ({card.data['validation_queries']}) rank a corpus of "
+        f"{card.data['validation_corpus']} products (their top "
+        f"{card.config['validation_depth']} mined candidates each) by cosine similarity:",
+        "",
+        f"| model | {metric} |",
+        "| --- | --- |",
+        f"| mined candidates' order (the retrieval that mined them) | "
+        f"{card.validation_retrieval:.4f} |",
+        f"| before training (packaged encoder) | {card.validation_before:.4f} |",
+        f"| tuned (best checkpoint, step {card.best_step}) | {card.validation_best:.4f} |",
+        "",
+        "## Training",
+        "",
+        f"- data: {card.data['catalog'] or 'not recorded'}; "
+        f"{card.data['train_queries']} training queries, {card.data['train_triplets']} "
+        "(query, positive, hard negative) triplets",
+        f"- mode: {card.mode}; {card.training_seconds:.0f} s; artifact "
+        f"{card.artifact_bytes / 1e6:.2f} MB",
+        "- loss: multiple-negatives ranking (in-batch negatives plus one mined hard negative "
+        "per row)",
+        "",
+        "| setting | value |",
+        "| --- | --- |",
+        *(f"| {key} | {value} |" for key, value in card.config.items()),
+        "",
+        "Libraries: " + ", ".join(f"{name} {v}" for name, v in card.versions.items()) + ".",
+        f"Written {card.created_at}.",
+        "",
+    ]
+    return "\n".join(lines)
