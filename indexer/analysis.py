@@ -47,6 +47,15 @@ def minimal_english_stem(word: str) -> str:
     return word[:-1]
 
 
+def tokens(text: str) -> list[str]:
+    """Lower-case tokens of a text, stopwords kept and nothing stemmed.
+
+    >>> tokens("Bottle without Straw")
+    ['bottle', 'without', 'straw']
+    """
+    return [t.lower() for t in _TOKEN.findall(text)]
+
+
 def analyze(text: str) -> list[str]:
     """Terms of a text, in order, as BM25 indexes them.
 

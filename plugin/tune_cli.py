@@ -22,6 +22,7 @@ from plugin.errors import PluginError
 from reranker.encoder_tuning import BiEncoderTuneConfig, tune_bi_encoder
 from reranker.errors import RerankerError
 from reranker.evaluation import ESCI_GAINS, load_qrels, load_queries
+from reranker.pseudo_queries import pseudo_training_set
 from reranker.training_data import mine_candidates
 from reranker.tuning import CrossEncoderTuneConfig, tune_cross_encoder
 
@@ -164,9 +165,15 @@ def _encoder_default(field: str) -> Any:
 @tune_app.command("encoder")
 def tune_encoder(
     catalog: CatalogOption,
-    queries: QueriesOption,
-    qrels: QrelsOption,
     out_dir: OutOption,
+    queries: Annotated[
+        Path | None, typer.Option("--queries", "-q", help="qid<TAB>text lines (judged queries).")
+    ] = None,
+    qrels: Annotated[Path | None, typer.Option("--qrels", help="TREC qrels for --queries.")] = None,
+    pseudo_queries: Annotated[
+        int, typer.Option("--pseudo-queries", min=0, max=100_000, help="Also train on this many "
+                          "queries written from the catalog's own products (no labels needed).")
+    ] = 0,
     lora: Annotated[
         bool, typer.Option("--lora/--full", help="Train a LoRA adapter (~0.3 MB) or every weight.")
     ] = True,
@@ -220,26 +227,35 @@ def tune_encoder(
             learning_rate=learning_rate, validation_depth=depth,
             gains=ESCI_GAINS if esci else None,
         )
-        query_texts = load_queries(queries)
-        judgments = load_qrels(qrels)
+        if (queries is None) != (qrels is None):
+            _fail("--queries and --qrels go together")
+        query_texts = {} if queries is None else load_queries(queries)
+        judgments = {} if qrels is None else load_qrels(qrels)
         products = {product.id: product for product in load_catalog(catalog).products}
     except ValidationError as e:
         _fail(str(e))
     except (RerankerError, CatalogError) as e:
         _fail(str(e))
     judged = {qid: text for qid, text in query_texts.items() if qid in judgments}
-    if not judged:
-        _fail(f"no query of {queries} has a judgment in {qrels}")
+    if not judged and not pseudo_queries:
+        _fail("nothing to train on: give --queries/--qrels with judgments, or --pseudo-queries N")
     if not _index_exists(settings):
         _reindex(settings, catalog, strict=False)
     try:
-        console.print(f"mining {depth} candidates for {len(judged)} judged queries "
-                      f"from {settings.index}")
+        console.print(f"mining {depth} candidates for {len(judged)} judged and "
+                      f"{pseudo_queries} pseudo-queries from {settings.index}")
         store = build_store(settings)
         try:
             encoder = build_encoder(settings.indexer)
             check_encoder(store, encoder)
             candidates = mine_candidates(store, encoder, judged, depth)
+            if pseudo_queries:
+                pseudo = pseudo_training_set(
+                    products, store, encoder, pseudo_queries, seed=seed, depth=depth
+                )
+                judged = {**judged, **pseudo.queries}
+                judgments = {**judgments, **pseudo.qrels}
+                candidates = {**candidates, **pseudo.candidates}
         finally:
             store.close()
         console.print(f"tuning the bi-encoder ({config.mode}), this takes a while on a CPU")
@@ -276,4 +292,102 @@ def tune_encoder(
     console.print(
         f"use it: SHOPRANK_ENCODER_PATH={result.out} shoprank reindex --catalog {catalog}",
         highlight=False,
+    )
+
+
+@tune_app.command("ranker")
+def tune_ranker(
+    catalog: CatalogOption,
+    queries: QueriesOption,
+    qrels: QrelsOption,
+    out_file: Annotated[Path, typer.Option("--out", "-o", help="JSON file to write.")],
+    esci: EsciOption = False,
+    index: IndexOption = None,
+    reranker: Annotated[
+        str | None, typer.Option("--reranker", help="cross-encoder: add its score as a feature.")
+    ] = None,
+    checkpoint: Annotated[
+        Path | None, typer.Option("--checkpoint", help="Cross-encoder checkpoint folder.")
+    ] = None,
+    cv: Annotated[
+        int, typer.Option("--cv", min=2, max=20, help="Folds for the model card's estimate.")
+    ] = 5,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the cross-validation folds.")] = 0,
+) -> None:
+    """Fit the learned final stage: a linear ranker over retrieval scores and field features
+    (plus the cross-encoder score with --reranker). Its weights are readable in the JSON file;
+    serve it with --final-ranker FILE."""
+    import time
+
+    from plugin.cli import _eval_index_name, _fail, _index_exists, _reindex, _settings, console
+    from plugin.components import build_pipeline
+    from plugin.final_stage import (
+        collect_candidates,
+        cross_validated_final,
+        fit_final_stage,
+        folds_of,
+    )
+    from reranker.evaluation import evaluate_run
+
+    if not catalog.is_file():
+        _fail(f"--catalog: file not found: {catalog}")
+    settings = _settings(
+        index=index or _eval_index_name(catalog), reranker=reranker,
+        reranker_checkpoint=checkpoint, final_ranker="none",
+    )
+    gains = ESCI_GAINS if esci else None
+    try:
+        query_texts = load_queries(queries)
+        judgments = load_qrels(qrels)
+    except RerankerError as e:
+        _fail(str(e))
+    judged = {qid: text for qid, text in query_texts.items() if qid in judgments}
+    if len(judged) < cv:
+        _fail(f"--cv {cv} needs at least {cv} judged queries, {queries} has {len(judged)}")
+    if not _index_exists(settings):
+        _reindex(settings, catalog, strict=False)
+    try:
+        pipeline = build_pipeline(settings)
+        started = time.perf_counter()
+        collected = collect_candidates(pipeline, judged, rerank=pipeline.has_reranker)
+        folds = folds_of(list(judged), cv, seed)
+        estimate = cross_validated_final(
+            collected, judgments, folds, gains=gains, with_cross_encoder=pipeline.has_reranker
+        )
+        hybrid = {qid: [c.product_id for c in item.candidates] for qid, item in collected.items()}
+        scores = {
+            name: round(evaluate_run(run, judgments, gains=gains).ndcg, 4)
+            for name, run in (("hybrid", hybrid), ("final", estimate))
+        }
+        card = {
+            "name": out_file.stem,
+            "catalog": str(catalog),
+            "queries": len(judged),
+            "gains": "esci" if esci else "exponential",
+            "cross_encoder": str(checkpoint) if pipeline.has_reranker else None,
+            f"cv{cv}_ndcg@10": scores,
+            "cv_seed": seed,
+            "cv_note": (
+                "folds hold out queries from the linear stage only; the cross-encoder may have "
+                "been tuned on them" if pipeline.has_reranker else "folds hold out whole queries"
+            ),
+        }
+        ranker = fit_final_stage(
+            collected, judgments, list(judged), gains=gains,
+            with_cross_encoder=pipeline.has_reranker, card=card,
+        )
+        card["training_seconds"] = round(time.perf_counter() - started, 1)
+        ranker.save(out_file)
+    except (IndexerError, RerankerError, PluginError, ValueError) as e:
+        _fail(str(e), code=1)
+    table = Table(title=f"final stage -> {out_file}")
+    table.add_column("feature")
+    table.add_column("weight", justify="right")
+    table.add_column("weight x std", justify="right")
+    for name, weight in zip(ranker.feature_names, ranker.weights, strict=True):
+        table.add_row(name, f"{weight:+.3f}", f"{ranker.importance()[name]:+.3f}")
+    console.print(table)
+    console.print(
+        f"{cv}-fold nDCG@10 on {len(judged)} queries: hybrid {scores['hybrid']:.4f}, "
+        f"final {scores['final']:.4f} ({card['training_seconds']} s)"
     )

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 import numpy.typing as npt
 
-from indexer.analysis import analyze
+from indexer.analysis import analyze, tokens
 from indexer.retrieval import Candidate
 from indexer.schema import Product
 
@@ -39,7 +40,15 @@ FEATURE_NAMES: tuple[str, ...] = (
     "rating_count_log",  # log(1 + number of ratings)
     "price_relative_log",  # log price minus the median log price of the candidates, 0 if none
     "title_length_log",  # log(1 + title terms)
+    "negated_in_title",  # 1 when the title has a term the query excludes ("without straw")
+    "negated_in_text",  # share of the excluded terms found anywhere in the product text
 )
+
+#: Words after which a shopper names what the product must not have.
+_NEGATIONS = frozenset({"without", "no", "not", "minus", "except"})
+_NEGATION = re.compile(r"(?<![\w-])(?:" + "|".join(sorted(_NEGATIONS)) + r")\s+")
+#: Words that end a negated phrase ("without lid with handle").
+_PHRASE_ENDS = frozenset({"with", "and", "for", "but", "or", "in", "on"})
 
 #: Fusion constant the ``rrf`` feature uses (the retrieval default).
 _RRF_K = 60
@@ -61,6 +70,25 @@ def _bigram_coverage(terms: Sequence[str], field_terms: Sequence[str]) -> float:
     return sum(pair in field_pairs for pair in pairs) / len(pairs)
 
 
+def negated_terms(query: str) -> set[str]:
+    """Terms the query excludes: the first content word after a free-standing negation word
+    ("no-show socks" and "non-slip mat" negate nothing).
+
+    >>> sorted(negated_terms("water bottle without straw, with handle"))
+    ['straw']
+    """
+    negated: set[str] = set()
+    for match in _NEGATION.finditer(query.lower()):
+        for following in tokens(query.lower()[match.end():])[:3]:
+            if following in _PHRASE_ENDS or following in _NEGATIONS:
+                break
+            terms = analyze(following)
+            if terms:
+                negated.update(terms)
+                break
+    return negated
+
+
 def _filled(values: Sequence[float | None]) -> list[float]:
     """Scores with the missing ones set to the lowest seen: a list cut-off bounds them above."""
     seen = [v for v in values if v is not None]
@@ -77,7 +105,8 @@ def candidate_features(
     >>> dict(zip(FEATURE_NAMES, rows[0]))["title_coverage"]
     1.0
     """
-    terms = analyze(query)
+    excluded = negated_terms(query)
+    terms = [term for term in analyze(query) if term not in excluded]
     query_terms = set(terms)
     bm25 = _filled([c.bm25 for c in candidates])
     cosine = _filled([c.vector for c in candidates])
@@ -122,6 +151,8 @@ def candidate_features(
                 math.log1p(product.rating_count or 0),
                 math.log1p(price) - median_log_price if price else 0.0,
                 math.log1p(len(title_terms)),
+                float(bool(excluded & title)),
+                len(excluded & everything) / len(excluded) if excluded else 0.0,
             ]
         )
     return np.asarray(rows, dtype=np.float64).reshape(len(candidates), len(FEATURE_NAMES))
