@@ -34,6 +34,7 @@ from plugin.evaluate import (
     summary,
 )
 from plugin.models import SearchRequest, SearchResponse
+from plugin.pipeline import SearchPipeline
 from plugin.settings import Settings
 from plugin.tune_cli import tune_app
 from reranker.errors import RerankerError
@@ -359,6 +360,11 @@ def evaluate(
                      "the queries, score them on the held-out fold."),
     ] = None,
     cv_seed: Annotated[int, typer.Option("--cv-seed")] = 0,
+    tuned_encoder: Annotated[
+        Path | None,
+        typer.Option("--tuned-encoder", help="Bi-encoder from `tune encoder` for the "
+                     "tuned-vector stage (its own index is built on first use)."),
+    ] = None,
     store: StoreOption = None,
     opensearch_url: UrlOption = None,
 ) -> None:
@@ -397,12 +403,18 @@ def evaluate(
         pipeline = build_pipeline(settings)
         if "rerank" in stages and not pipeline.has_reranker:
             _fail("stage 'rerank' needs --reranker cross-encoder --checkpoint DIR")
+        tuned = None
+        if "tuned-vector" in stages:
+            if tuned_encoder is None:
+                _fail("stage 'tuned-vector' needs --tuned-encoder DIR")
+            tuned = _tuned_encoder_pipeline(settings, catalog, tuned_encoder)
         if "final" in stages and cv is None and pipeline.final_ranker is None:
             _fail("stage 'final' needs --cv K (fit it per fold) or a tuned --final-ranker FILE")
         results = evaluate_stages(
             pipeline, query_texts, judgments, stages,
             protocol=chosen_protocol, k=k, gains=gain_table,
             cross_validation=None if cv is None else CrossValidation(cv, cv_seed),
+            tuned_encoder=tuned,
         )
     except (IndexerError, RerankerError, PluginError) as e:
         _fail(str(e), code=1)
@@ -417,6 +429,18 @@ def evaluate(
     skipped = results[0].report.skipped_queries
     if skipped:
         console.print(f"{len(skipped)} queries had no positive judgment: skipped")
+
+
+def _tuned_encoder_pipeline(settings: Settings, catalog: Path, encoder: Path) -> SearchPipeline:
+    """A pipeline over ``<index>-tuned-<fingerprint>``, written by ``encoder`` if missing."""
+    indexer = settings.indexer.model_copy(update={"encoder_path": encoder})
+    fingerprint = build_encoder(indexer).fingerprint
+    tuned = settings.model_copy(
+        update={"index": f"{settings.index}-tuned-{fingerprint[:8]}", "indexer": indexer}
+    )
+    if not _index_exists(tuned):
+        _reindex(tuned, catalog, strict=False)
+    return build_pipeline(tuned)
 
 
 def _stages(text: str) -> list[Stage]:

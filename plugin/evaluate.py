@@ -40,8 +40,10 @@ from reranker.evaluation import (
 )
 
 EvalProtocol = Literal["full", "pool"]
-Stage = Literal["bm25", "vector", "hybrid", "tuned-hybrid", "rerank", "final"]
-STAGES: tuple[Stage, ...] = ("bm25", "vector", "hybrid", "tuned-hybrid", "rerank", "final")
+Stage = Literal["bm25", "vector", "tuned-vector", "hybrid", "tuned-hybrid", "rerank", "final"]
+STAGES: tuple[Stage, ...] = (
+    "bm25", "vector", "tuned-vector", "hybrid", "tuned-hybrid", "rerank", "final"
+)
 #: Stages fitted on judged queries: they are only scored by cross-validation.
 CV_STAGES: frozenset[Stage] = frozenset({"tuned-hybrid"})
 
@@ -211,12 +213,15 @@ def evaluate_stages(
     gains: Gains | None = None,
     bootstrap_seed: int = 0,
     cross_validation: CrossValidation | None = None,
+    tuned_encoder: SearchPipeline | None = None,
 ) -> list[StageResult]:
     """Run and score each stage; stages after the first get a paired CI against it.
 
     With ``cross_validation`` the learned stages (tuned fusion, the final stage) are fitted
     per fold and each query is ranked by a model that never saw it; without it, ``final``
-    uses the pipeline's own final stage and ``tuned-hybrid`` is refused.
+    uses the pipeline's own final stage and ``tuned-hybrid`` is refused. ``tuned-vector`` is
+    vector retrieval through ``tuned_encoder``, a pipeline over an index that a tuned
+    bi-encoder wrote.
     """
     judged = {qid: qrels[qid] for qid in queries if qid in qrels}
     if any(stage != "bm25" for stage in stages):
@@ -228,7 +233,16 @@ def evaluate_stages(
         pipeline.encoder.clear_cache()  # every stage pays for its own query encoding
         note = ""
         latencies = [float("nan")]
-        if stage in CV_STAGES or (stage == "final" and cross_validation is not None):
+        if stage == "tuned-vector":
+            if tuned_encoder is None:
+                raise ValueError("stage 'tuned-vector' needs a tuned encoder (--tuned-encoder)")
+            check_encoder(tuned_encoder.store, tuned_encoder.encoder)
+            if protocol == "pool":
+                tuned_pools = _pools(tuned_encoder, queries, judged)
+                run, latencies = _pool_run(tuned_encoder, tuned_pools, "vector")
+            else:
+                run, latencies = _full_run(tuned_encoder, queries, "vector")
+        elif stage in CV_STAGES or (stage == "final" and cross_validation is not None):
             if cross_validation is None:
                 raise ValueError(f"stage {stage!r} is fitted on judgments: it needs --cv")
             run, note = _cross_validated(

@@ -76,6 +76,57 @@ def feature_names(with_cross_encoder: bool) -> tuple[str, ...]:
     return (*FEATURE_NAMES, CROSS_ENCODER_FEATURE) if with_cross_encoder else FEATURE_NAMES
 
 
+#: Regularisation strengths the inner cross-validation chooses from (strongest wins ties).
+REGULARIZATION_GRID = (1e-1, 1e-2, 1e-3, 1e-4)
+
+
+def _groups(
+    collected: Mapping[str, QueryCandidates],
+    qrels: Qrels,
+    qids: Sequence[str],
+    names: Sequence[str],
+    gains: Gains | None,
+) -> dict[str, RankingGroup]:
+    return {
+        qid: RankingGroup(
+            collected[qid].features(names),
+            [gain_of(qrels[qid].get(c.product_id, 0), gains) for c in collected[qid].candidates],
+        )
+        for qid in qids
+        if qid in qrels and collected[qid].candidates
+    }
+
+
+def choose_regularization(
+    groups: Mapping[str, RankingGroup],
+    collected: Mapping[str, QueryCandidates],
+    qrels: Qrels,
+    names: Sequence[str],
+    *,
+    gains: Gains | None,
+    prior: LinearRanker | None = None,
+    folds: int = 4,
+    seed: int = 0,
+) -> float:
+    """The strength from `REGULARIZATION_GRID` with the best inner cross-validated nDCG@10 on
+    these queries only; with fewer queries than folds, the strongest."""
+    qids = sorted(groups)
+    if len(qids) < folds:
+        return REGULARIZATION_GRID[0]
+    inner = folds_of(qids, folds, seed)
+    best, best_quality = REGULARIZATION_GRID[0], -1.0
+    for strength in REGULARIZATION_GRID:
+        values = []
+        for test in inner:
+            train = [groups[q] for fold in inner if fold is not test for q in fold]
+            ranker = fit_linear_ranker(train, names, regularization=strength, prior=prior)
+            values += [ndcg_at_k(collected[q].ranked_by(ranker), qrels[q], 10, gains) for q in test]
+        quality = float(np.mean(values))
+        if quality > best_quality + 1e-9:
+            best, best_quality = strength, quality
+    return best
+
+
 def fit_final_stage(
     collected: Mapping[str, QueryCandidates],
     qrels: Qrels,
@@ -83,19 +134,24 @@ def fit_final_stage(
     *,
     gains: Gains | None,
     with_cross_encoder: bool,
+    prior: LinearRanker | None = None,
     card: dict[str, Any] | None = None,
 ) -> LinearRanker:
-    """Fit a linear ranker on ``qids``; unjudged candidates count as gain 0 (see `reranker.ltr`)."""
+    """Fit a linear ranker on ``qids``; unjudged candidates count as gain 0 (see `reranker.ltr`).
+
+    Its regularisation is chosen by an inner cross-validation over ``qids`` alone.
+    """
     names = feature_names(with_cross_encoder)
-    groups = [
-        RankingGroup(
-            collected[qid].features(names),
-            [gain_of(qrels[qid].get(c.product_id, 0), gains) for c in collected[qid].candidates],
-        )
-        for qid in qids
-        if qid in qrels and collected[qid].candidates
-    ]
-    return fit_linear_ranker(groups, names, card=card)
+    groups = _groups(collected, qrels, qids, names, gains)
+    strength = choose_regularization(groups, collected, qrels, names, gains=gains, prior=prior)
+    card = {**(card or {}), "regularization": strength, "prior": _prior_name(prior)}
+    return fit_linear_ranker(
+        list(groups.values()), names, regularization=strength, prior=prior, card=card
+    )
+
+
+def _prior_name(prior: LinearRanker | None) -> str | None:
+    return None if prior is None else str(prior.card.get("name", "unnamed"))
 
 
 def folds_of(qids: Sequence[str], folds: int, seed: int) -> list[list[str]]:
@@ -114,14 +170,25 @@ def cross_validated_final(
     *,
     gains: Gains | None,
     with_cross_encoder: bool,
+    prior: LinearRanker | None = None,
+    train_queries: int | None = None,
+    seed: int = 0,
 ) -> dict[str, list[str]]:
-    """Each query ranked by a final stage fitted on the other folds only."""
+    """Each query ranked by a final stage fitted on the other folds only.
+
+    ``train_queries`` fits on that many queries drawn from the other folds (a few-shot
+    curve); ``prior`` starts from another shop's ranker (see `fit_linear_ranker`).
+    """
     run: dict[str, list[str]] = {}
+    rng = random.Random(seed)
     for test in folds:
         held_out = set(test)
         train = [qid for fold in folds for qid in fold if qid not in held_out]
+        if train_queries is not None:
+            train = rng.sample(sorted(train), min(train_queries, len(train)))
         ranker = fit_final_stage(
-            collected, qrels, train, gains=gains, with_cross_encoder=with_cross_encoder
+            collected, qrels, train, gains=gains, with_cross_encoder=with_cross_encoder,
+            prior=prior,
         )
         for qid in test:
             run[qid] = collected[qid].ranked_by(ranker)

@@ -5,6 +5,7 @@ room to learn the queries instead of the catalog, while a linear model's weights
 and argued with. It is fitted as a pairwise logistic model (RankNet with a linear scorer): for
 every two candidates of one query with different gains, the better one should score higher,
 each pair weighted by the gain difference so mistakes near the top of the gain scale cost most.
+The fit is a plain L-BFGS minimisation (scipy) of that convex loss.
 
 Candidates nobody judged count as gain 0 when fitting. Retrieval brings up many of them, and a
 ranker trained only among judged products never learns to push unjudged noise down: in
@@ -125,21 +126,41 @@ def fit_linear_ranker(
     groups: Sequence[RankingGroup],
     feature_names: Sequence[str],
     *,
-    regularization: float = 1.0,
+    regularization: float = 0.01,
+    prior: LinearRanker | None = None,
     card: dict[str, Any] | None = None,
 ) -> LinearRanker:
-    """Fit pairwise logistic weights (L2, inverse strength ``regularization``) on standardised
-    features, then express them on the raw scale.
-    """
-    from sklearn.linear_model import LogisticRegression
+    """Fit pairwise logistic weights on standardised features, then express them on the raw
+    scale.
 
+    The objective is the gain-weighted mean pair loss plus ``regularization / 2`` times the
+    squared distance of the standardised weights from ``prior``'s (from zero without one).
+    A prior is how a ranker tuned on one shop adapts to another with few labels: with little
+    data the weights stay near the prior's, with more they follow the new shop's pairs.
+    """
+    from scipy.optimize import minimize
+
+    if prior is not None and tuple(prior.feature_names) != tuple(feature_names):
+        raise ValueError(
+            f"the prior ranker has features {prior.feature_names}, not {tuple(feature_names)}"
+        )
     everything = np.vstack([group.features for group in groups])
     scale = everything.std(axis=0)
     scale[scale == 0] = 1.0
     x, y, w = _pairs(groups)
-    model = LogisticRegression(C=regularization, fit_intercept=False, max_iter=5000)
-    model.fit(x / scale, y, sample_weight=w)
-    weights = model.coef_[0] / scale
+    x = x[y == 1] / scale  # one orientation suffices for the loss below
+    w = w[y == 1] / w[y == 1].sum()
+    centre = np.zeros(len(scale)) if prior is None else np.asarray(prior.weights) * scale
+
+    def objective(v: npt.NDArray[np.float64]) -> tuple[float, npt.NDArray[np.float64]]:
+        margin = x @ v
+        loss = float(w @ np.logaddexp(0.0, -margin))
+        slope = -w / (1.0 + np.exp(margin))
+        gap = v - centre
+        return (loss + regularization / 2 * float(gap @ gap), x.T @ slope + regularization * gap)
+
+    result = minimize(objective, centre.copy(), jac=True, method="L-BFGS-B")
+    weights = result.x / scale
     return LinearRanker(
         tuple(feature_names),
         tuple(float(v) for v in weights),

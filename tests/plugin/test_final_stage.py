@@ -72,3 +72,17 @@ def test_cross_validation_scores_every_query_with_models_fitted_on_the_others(
     assert final.versus_first is not None
     with pytest.raises(ValueError, match="needs --cv"):
         evaluate_stages(pipeline, QUERIES, QRELS, ["tuned-hybrid"])
+
+
+def test_tuned_vector_stage_runs_through_the_tuned_encoders_pipeline(
+    pipeline: SearchPipeline,  # noqa: F811
+) -> None:
+    from plugin.evaluate import evaluate_stages
+    from tests.plugin.test_evaluate import QRELS, QUERIES
+
+    vector, tuned = evaluate_stages(
+        pipeline, QUERIES, QRELS, ["vector", "tuned-vector"], tuned_encoder=pipeline
+    )
+    assert tuned.run == vector.run  # the same encoder and index: the same ranking
+    with pytest.raises(ValueError, match="tuned encoder"):
+        evaluate_stages(pipeline, QUERIES, QRELS, ["tuned-vector"])
