@@ -260,13 +260,17 @@ def serve(
     checkpoint: Annotated[
         Path | None, typer.Option("--checkpoint", help="Cross-encoder checkpoint folder.")
     ] = None,
+    final_ranker: Annotated[
+        str | None,
+        typer.Option("--final-ranker", help="default (packaged), none, or a `tune ranker` file."),
+    ] = None,
     store: StoreOption = None,
     opensearch_url: UrlOption = None,
 ) -> None:
     """Serve the HTTP API (OpenAPI docs at /docs)."""
     settings = _settings(
         host=host, port=port, index=index, reranker=reranker, reranker_checkpoint=checkpoint,
-        store=store, opensearch_url=opensearch_url,
+        final_ranker=final_ranker, store=store, opensearch_url=opensearch_url,
     )
     _serve(settings)
 

@@ -104,7 +104,16 @@ class SearchPipeline:
 
     def search(self, request: SearchRequest) -> SearchResponse:
         clock = _Clock()
-        final = self.final_ranker is not None if request.final is None else request.final
+        # The final stage learned from hybrid candidates, so by default only hybrid uses it.
+        if request.final is None:
+            final = self.final_ranker is not None and request.mode == "hybrid"
+        else:
+            final = request.final
+        if final and request.mode != "hybrid":
+            raise RerankNotConfiguredError(
+                f"final=true needs mode 'hybrid': the final stage reads BM25 and vector scores "
+                f"(got mode {request.mode!r})"
+            )
         if final and self.final_ranker is None:
             raise RerankNotConfiguredError(
                 "final=true but the server runs without a learned final stage "

@@ -140,14 +140,24 @@ def test_a_product_title_finds_that_product(
 def test_results_carry_stage_scores_and_timings(server: str) -> None:
     body = search(server, query="wireless headphones", k=5, explain=True)
     assert len(body["results"]) == 5 and body["mode"] == "hybrid"
-    assert set(body["timings_ms"]) >= {"encode", "retrieve", "rerank", "postprocess", "total"}
+    assert set(body["timings_ms"]) >= {"encode", "retrieve", "rerank", "final", "postprocess",
+                                       "total"}
+    # The packaged learned final stage orders hybrid results by default.
+    assert body["final_stage"].startswith("linear:")
+    finals = [hit["scores"]["final"] for hit in body["results"]]
+    assert finals == sorted(finals, reverse=True)
     for rank, hit in enumerate(body["results"], start=1):
-        assert hit["rank"] == rank
+        assert hit["rank"] == rank and hit["score"] == hit["scores"]["final"]
         assert "fused" in hit["scores"]
         assert "bm25" in hit["scores"] or "vector" in hit["scores"]
+        assert hit["explanation"]["ordered_by"] == "final"
+        contributions = hit["explanation"]["final_contributions"]
+        assert sum(contributions.values()) == pytest.approx(hit["scores"]["final"], abs=1e-2)
+        assert hit["explanation"]["text"].startswith(hit["title"])
+    plain = search(server, query="wireless headphones", k=5, explain=True, final=False)
+    for rank, hit in enumerate(plain["results"], start=1):
         assert hit["explanation"]["retrieval_rank"] == rank
         assert hit["explanation"]["ordered_by"] == "fused"
-        assert hit["explanation"]["text"].startswith(hit["title"])
 
 
 def test_brand_filter_still_fills_the_page(server: str, records: list[dict[str, Any]]) -> None:

@@ -20,20 +20,24 @@ def _title_ranker() -> LinearRanker:
 
 def test_final_stage_orders_by_its_score_and_explains_it(pipeline: SearchPipeline) -> None:  # noqa: F811
     pipeline.final_ranker = _title_ranker()
-    response = pipeline.search(SearchRequest(query="red summer dress", mode="bm25", explain=True))
+    response = pipeline.search(SearchRequest(query="red summer dress", explain=True))
     top = response.results[0]
     assert top.id == "p3" and response.final_stage == "linear:title"
     assert top.explanation is not None and top.explanation.ordered_by == "final"
     assert top.scores.final == pytest.approx(1.0)
     assert top.explanation.final_contributions is not None
     assert top.explanation.final_contributions["title_coverage"] == pytest.approx(1.0)
-    off = pipeline.search(SearchRequest(query="red summer dress", mode="bm25", final=False))
+    off = pipeline.search(SearchRequest(query="red summer dress", final=False))
     assert off.final_stage == "none" and off.results[0].scores.final is None
+    lexical = pipeline.search(SearchRequest(query="red summer dress", mode="bm25"))
+    assert lexical.final_stage == "none"  # learned on hybrid candidates: hybrid only
+    with pytest.raises(RerankNotConfiguredError, match="needs mode 'hybrid'"):
+        pipeline.search(SearchRequest(query="red summer dress", mode="bm25", final=True))
 
 
 def test_asking_for_a_final_stage_the_server_lacks_is_an_error(pipeline: SearchPipeline) -> None:  # noqa: F811
     with pytest.raises(RerankNotConfiguredError, match="final=true"):
-        pipeline.search(SearchRequest(query="red", mode="bm25", final=True))
+        pipeline.search(SearchRequest(query="red", final=True))
 
 
 def test_folds_split_whole_queries_the_same_way_for_a_seed() -> None:
