@@ -259,9 +259,13 @@ def tune_encoder(
         finally:
             store.close()
         console.print(f"tuning the bi-encoder ({config.mode}), this takes a while on a CPU")
+        described = str(catalog)
+        if pseudo_queries:
+            described += f" ({len(judged) - len(pseudo.queries)} judged + " \
+                f"{len(pseudo.queries)} pseudo-queries)"
         result = tune_bi_encoder(
             products, judged, judgments, candidates, out_dir, config,
-            catalog=str(catalog), progress=True,
+            catalog=described, progress=True,
         )
     except (IndexerError, RerankerError, PluginError) as e:
         _fail(str(e), code=1)
