@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from rich.table import Table
 
 from indexer.catalog import load_catalog
@@ -24,12 +24,72 @@ from reranker.errors import RerankerError
 from reranker.evaluation import ESCI_GAINS, load_qrels, load_queries
 from reranker.pseudo_queries import pseudo_training_set
 from reranker.training_data import mine_candidates
-from reranker.tuning import CrossEncoderTuneConfig, tune_cross_encoder
+from reranker.tuning import CrossEncoderTuneConfig, TuneResult, tune_cross_encoder
 
 
-def _default(field: str) -> Any:
+def _default(field: str, config: type[BaseModel] = CrossEncoderTuneConfig) -> Any:
     """A CLI default taken from the tuning config, so the two never disagree."""
-    return CrossEncoderTuneConfig.model_fields[field].default
+    return config.model_fields[field].default
+
+
+def _encoder_default(field: str) -> Any:
+    """A CLI default taken from the bi-encoder tuning config."""
+    return _default(field, BiEncoderTuneConfig)
+
+
+def _check_catalog_and_out(catalog: Path, out_dir: Path | None = None) -> None:
+    """Fail unless --catalog is a file and --out (when given) is missing or an empty folder."""
+    from plugin.cli import _fail
+
+    if not catalog.is_file():
+        _fail(f"--catalog: file not found: {catalog}")
+    if out_dir is not None and out_dir.exists() and (
+        not out_dir.is_dir() or any(out_dir.iterdir())
+    ):
+        _fail(f"--out {out_dir} exists and is not an empty folder; choose a new one")
+
+
+def _print_tuned(
+    what: str,
+    result: TuneResult,
+    *,
+    counted: tuple[str, str, str],
+    retrieval: str,
+    before: str,
+) -> None:
+    """The result table of a tuning run. ``counted``: what the training and validation counts
+    count, and what follows the validation count; ``retrieval`` and ``before`` name the two
+    baselines."""
+    from plugin.cli import console
+
+    train_unit, validation_unit, validation_suffix = counted
+    table = Table(title=f"{what} tuned ({result.mode}) -> {result.out}")
+    table.add_column("")
+    table.add_column("value", justify="right")
+    metric = result.validation_metric
+    for label, value in (
+        (f"training queries / {train_unit}", f"{result.train_queries} / {result.train_pairs}"),
+        (f"validation queries / {validation_unit}",
+         f"{result.validation_queries} / {result.validation_pairs}{validation_suffix}"),
+        ("training time", f"{result.training_seconds:.0f} s ({result.steps} steps)"),
+        (f"validation {metric}, {retrieval}", f"{result.validation_retrieval:.4f}"),
+        (f"validation {metric}, {before}", f"{result.validation_before:.4f}"),
+        (f"validation {metric}, tuned (step {result.best_step})",
+         f"{result.validation_best:.4f}"),
+        ("artifact size", f"{result.artifact_bytes / 1e6:.2f} MB"),
+    ):
+        table.add_row(label, value)
+    console.print(table)
+
+
+def _warn_unless_better(what: str, than: str, best: float, baseline: float, metric: str) -> None:
+    from plugin.cli import console
+
+    if best <= baseline:
+        console.print(
+            f"[yellow]the tuned {what} does not beat {than} on the validation "
+            f"queries ({metric} {best:.4f} <= {baseline:.4f})[/]"
+        )
 
 
 tune_app = typer.Typer(
@@ -92,10 +152,7 @@ def tune_reranker(
     # plugin.cli registers this app, so its helpers are imported when the command runs.
     from plugin.cli import _eval_index_name, _fail, _index_exists, _reindex, _settings, console
 
-    if not catalog.is_file():
-        _fail(f"--catalog: file not found: {catalog}")
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        _fail(f"--out {out_dir} exists and is not an empty folder; choose a new one")
+    _check_catalog_and_out(catalog, out_dir)
     settings = _settings(index=index or _eval_index_name(catalog))
     window = depth or settings.rerank_window
     try:
@@ -132,34 +189,14 @@ def tune_reranker(
     except (IndexerError, RerankerError, PluginError) as e:
         _fail(str(e), code=1)
 
-    table = Table(title=f"reranker tuned ({result.mode}) -> {result.out}")
-    table.add_column("")
-    table.add_column("value", justify="right")
-    metric = result.validation_metric
-    for label, value in (
-        ("training queries / pairs", f"{result.train_queries} / {result.train_pairs}"),
-        ("validation queries / pairs",
-         f"{result.validation_queries} / {result.validation_pairs}"),
-        ("training time", f"{result.training_seconds:.0f} s ({result.steps} steps)"),
-        (f"validation {metric}, retrieval order", f"{result.validation_retrieval:.4f}"),
-        (f"validation {metric}, before training", f"{result.validation_before:.4f}"),
-        (f"validation {metric}, tuned (step {result.best_step})",
-         f"{result.validation_best:.4f}"),
-        ("artifact size", f"{result.artifact_bytes / 1e6:.2f} MB"),
-    ):
-        table.add_row(label, value)
-    console.print(table)
-    if result.validation_best <= result.validation_retrieval:
-        console.print(
-            f"[yellow]the tuned reranker does not beat retrieval order on the validation "
-            f"queries ({metric} {result.validation_best:.4f} <= "
-            f"{result.validation_retrieval:.4f})[/]"
-        )
-
-
-def _encoder_default(field: str) -> Any:
-    """A CLI default taken from the bi-encoder tuning config."""
-    return BiEncoderTuneConfig.model_fields[field].default
+    _print_tuned(
+        "reranker", result, counted=("pairs", "pairs", ""),
+        retrieval="retrieval order", before="before training",
+    )
+    _warn_unless_better(
+        "reranker", "retrieval order", result.validation_best, result.validation_retrieval,
+        result.validation_metric,
+    )
 
 
 @tune_app.command("encoder")
@@ -215,10 +252,7 @@ def tune_encoder(
     # plugin.cli registers this app, so its helpers are imported when the command runs.
     from plugin.cli import _eval_index_name, _fail, _index_exists, _reindex, _settings, console
 
-    if not catalog.is_file():
-        _fail(f"--catalog: file not found: {catalog}")
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        _fail(f"--out {out_dir} exists and is not an empty folder; choose a new one")
+    _check_catalog_and_out(catalog, out_dir)
     settings = _settings(index=index or _eval_index_name(catalog))
     try:
         config = BiEncoderTuneConfig(
@@ -270,29 +304,14 @@ def tune_encoder(
     except (IndexerError, RerankerError, PluginError) as e:
         _fail(str(e), code=1)
 
-    table = Table(title=f"bi-encoder tuned ({result.mode}) -> {result.out}")
-    table.add_column("")
-    table.add_column("value", justify="right")
-    metric = result.validation_metric
-    for label, value in (
-        ("training queries / triplets", f"{result.train_queries} / {result.train_pairs}"),
-        ("validation queries / corpus",
-         f"{result.validation_queries} / {result.validation_pairs} products"),
-        ("training time", f"{result.training_seconds:.0f} s ({result.steps} steps)"),
-        (f"validation {metric}, mined order", f"{result.validation_retrieval:.4f}"),
-        (f"validation {metric}, packaged encoder", f"{result.validation_before:.4f}"),
-        (f"validation {metric}, tuned (step {result.best_step})",
-         f"{result.validation_best:.4f}"),
-        ("artifact size", f"{result.artifact_bytes / 1e6:.2f} MB"),
-    ):
-        table.add_row(label, value)
-    console.print(table)
-    if result.validation_best <= result.validation_before:
-        console.print(
-            f"[yellow]the tuned encoder does not beat the packaged one on the validation "
-            f"queries ({metric} {result.validation_best:.4f} <= "
-            f"{result.validation_before:.4f})[/]"
-        )
+    _print_tuned(
+        "bi-encoder", result, counted=("triplets", "corpus", " products"),
+        retrieval="mined order", before="packaged encoder",
+    )
+    _warn_unless_better(
+        "encoder", "the packaged one", result.validation_best, result.validation_before,
+        result.validation_metric,
+    )
     console.print(
         f"use it: SHOPRANK_ENCODER_PATH={result.out} shoprank reindex --catalog {catalog}",
         highlight=False,
@@ -333,8 +352,7 @@ def tune_ranker(
     )
     from reranker.evaluation import evaluate_run
 
-    if not catalog.is_file():
-        _fail(f"--catalog: file not found: {catalog}")
+    _check_catalog_and_out(catalog)
     settings = _settings(
         index=index or _eval_index_name(catalog), reranker=reranker,
         reranker_checkpoint=checkpoint, final_ranker="none",

@@ -21,6 +21,10 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+# Re-exported: the adapter and card file names, and the base a LoRA artifact names.
+from indexer.encoder import ADAPTER_CONFIG as ADAPTER_CONFIG
+from indexer.encoder import MODEL_CARD as MODEL_CARD
+from indexer.encoder import PACKAGED_BASE as PACKAGED_BASE
 from indexer.encoder import packaged_model_path, prepare_offline_loading
 from reranker.errors import CheckpointError
 
@@ -30,14 +34,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-#: peft's adapter file names: their presence marks a LoRA artifact.
-ADAPTER_CONFIG = "adapter_config.json"
+#: peft's adapter weights file, beside `ADAPTER_CONFIG` in a LoRA artifact.
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
-#: The machine-readable card beside every tuned artifact.
-MODEL_CARD = "model_card.json"
-#: What a LoRA artifact's ``adapter_config.json`` names as its base model, instead of an
-#: absolute path of the machine that trained it.
-PACKAGED_BASE = "packaged:all-MiniLM-L6-v2"
 #: Used when neither the caller nor a model card says otherwise.
 DEFAULT_MAX_LENGTH = 256
 

@@ -18,12 +18,8 @@ before it answers vector queries (`indexer.store.check_encoder` refuses otherwis
 from __future__ import annotations
 
 import logging
-import tempfile
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -32,27 +28,48 @@ import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field
 
 from indexer.encoder import (
-    MODEL_CARD,
     hf_transformer,
     load_sentence_transformer,
     packaged_model_path,
     prepare_offline_loading,
 )
 from indexer.errors import IndexerError
-from indexer.schema import Product, product_to_text
-from reranker.cross_encoder import ADAPTER_WEIGHTS, TunedModelCard, portable_adapter_config
-from reranker.evaluation import Gains, Qrels, evaluate_run
+from indexer.schema import Product
+from reranker.cross_encoder import TunedModelCard, portable_adapter_config
+from reranker.errors import TuningError
+from reranker.evaluation import Gains, Qrels
+from reranker.training import (
+    NdcgValidation,
+    ProductTexts,
+    TuneResult,
+    artifact_bytes,
+    check_out,
+    lora_config,
+    lora_restoring_trainer,
+    ndcg_evaluator,
+    render_card,
+    train,
+    tune_result,
+    usable_queries,
+)
+from reranker.training import write_model_card as write_tuned_model_card
 from reranker.training_data import hard_negatives, split_queries
-from reranker.tuning import BASE_MODEL, TuneResult, TuningError
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
-logger = logging.getLogger(__name__)
+__all__ = [
+    "BiEncoderTuneConfig",
+    "ProductTexts",
+    "RetrievalValidation",
+    "Triplet",
+    "render_model_card",
+    "triplets",
+    "tune_bi_encoder",
+    "write_model_card",
+]
 
-_CARD_LIBRARIES = ("torch", "transformers", "sentence-transformers", "peft", "accelerate",
-                   "datasets")
-_DOCUMENTATION = frozenset({MODEL_CARD, "README.md"})
+logger = logging.getLogger(__name__)
 
 
 class BiEncoderTuneConfig(BaseModel):
@@ -165,12 +182,8 @@ def tune_bi_encoder(
     writes a sentence-transformers folder. ``catalog`` names the data in the model card.
     """
     config = config or BiEncoderTuneConfig()
-    _check_out(out)
-    usable = sorted(q for q in qrels if q in queries and q in candidates and qrels[q])
-    if len(usable) < 2:
-        raise TuningError(
-            f"need at least 2 queries with text, judgments and mined candidates (got {len(usable)})"
-        )
+    check_out(out, label="--out ")
+    usable = usable_queries(queries, qrels, candidates)
     train_ids, validation_ids = split_queries(usable, config.validation_fraction, config.seed)
     in_catalog = {q: [p for p in candidates[q] if p in products] for q in usable}
     negatives = hard_negatives(
@@ -209,26 +222,7 @@ def tune_bi_encoder(
         raise TuningError(f"tuning failed, {out} may be incomplete: {e}") from e
 
 
-def _check_out(out: Path) -> None:
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise TuningError(f"--out {out} exists and is not an empty folder; choose a new one")
-
-
-class ProductTexts:
-    """`product_to_text` of each product, rendered once."""
-
-    def __init__(self, products: Mapping[str, Product]) -> None:
-        self._products = products
-        self._cache: dict[str, str] = {}
-
-    def __getitem__(self, product_id: str) -> str:
-        text = self._cache.get(product_id)
-        if text is None:
-            text = self._cache[product_id] = product_to_text(self._products[product_id])
-        return text
-
-
-class RetrievalValidation:
+class RetrievalValidation(NdcgValidation):
     """Vector retrieval of held-out queries over a corpus, scored by our nDCG@k.
 
     Every query ranks the whole corpus by cosine similarity (exact search, like the local
@@ -247,12 +241,8 @@ class RetrievalValidation:
         gains: Gains | None = None,
         batch_size: int = 64,
     ) -> None:
-        self.queries, self.corpus, self.texts, self.qrels = queries, list(corpus), texts, qrels
-        self.k, self.gains, self.batch_size = k, gains, batch_size
-        self.metric = f"ndcg@{k}"
-
-    def ndcg(self, run: Mapping[str, Sequence[str]]) -> float:
-        return evaluate_run(run, self.qrels, k=self.k, gains=self.gains).ndcg
+        super().__init__(queries, texts, qrels, k=k, gains=gains, batch_size=batch_size)
+        self.corpus = list(corpus)
 
     def rank(self, model: SentenceTransformer) -> dict[str, list[str]]:
         """Each query's corpus products, most similar first (ties keep corpus order)."""
@@ -279,30 +269,6 @@ class RetrievalValidation:
         return self.ndcg(self.rank(model))
 
 
-def _evaluator(validation: RetrievalValidation) -> Any:
-    """A sentence-transformers evaluator returning ``{"ndcg@k": value}``.
-
-    Built on demand so that importing this module does not import sentence-transformers.
-    """
-    from sentence_transformers.base.evaluation import BaseEvaluator
-
-    class RetrievalNdcgEvaluator(BaseEvaluator):
-        def __init__(self) -> None:
-            super().__init__()  # type: ignore[no-untyped-call]
-            self.primary_metric = validation.metric
-
-        def __call__(  # type: ignore[override]
-            self, model: SentenceTransformer, output_path: str | None = None,
-            epoch: float = -1, steps: int = -1,
-        ) -> dict[str, float]:
-            value = validation.score(model)
-            logger.info("validation %s %.4f (epoch %s, step %s)", validation.metric, value,
-                        epoch, steps)
-            return {validation.metric: value}
-
-    return RetrievalNdcgEvaluator()
-
-
 def _train(
     config: BiEncoderTuneConfig,
     rows: Sequence[Triplet],
@@ -318,10 +284,13 @@ def _train(
 ) -> TuneResult:
     prepare_offline_loading()
     from datasets import Dataset  # type: ignore[import-untyped]
-    from sentence_transformers import SentenceTransformerTrainingArguments
+    from sentence_transformers import (
+        SentenceTransformerTrainer,
+        SentenceTransformerTrainingArguments,
+    )
     from sentence_transformers.base.sampler import BatchSamplers
     from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
-    from transformers import EarlyStoppingCallback, PrinterCallback, set_seed
+    from transformers import set_seed
 
     # The LoRA matrices are initialised at random: seed before building them.
     set_seed(config.seed)
@@ -335,71 +304,27 @@ def _train(
         "positive": [texts[row.positive] for row in rows],
         "negative": [texts[row.negative] for row in rows],
     })
-    every: dict[str, Any] = (
-        {"eval_strategy": "epoch", "save_strategy": "epoch"}
-        if config.eval_steps is None
-        else {"eval_strategy": "steps", "save_strategy": "steps",
-              "eval_steps": config.eval_steps, "save_steps": config.eval_steps}
-    )
-    out.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".checkpoints-", dir=out) as work:
+
+    def build_trainer(arguments: dict[str, Any], callbacks: list[Any]) -> Any:
         args = SentenceTransformerTrainingArguments(
-            output_dir=work,
-            num_train_epochs=config.epochs,
-            per_device_train_batch_size=config.batch_size,
-            learning_rate=config.resolved_learning_rate,
-            warmup_steps=config.warmup_ratio,  # a float below 1 is a ratio in transformers 5
-            weight_decay=config.weight_decay,
-            seed=config.seed,
-            data_seed=config.seed,
-            batch_sampler=BatchSamplers.NO_DUPLICATES,
-            **every,
-            save_total_limit=2,
-            save_only_model=True,
-            load_best_model_at_end=True,
-            metric_for_best_model=f"eval_{validation.metric}",
-            greater_is_better=True,
-            logging_steps=config.logging_steps,
-            report_to="none",
-            disable_tqdm=not progress,
+            **arguments, batch_sampler=BatchSamplers.NO_DUPLICATES
         )
-        trainer = _trainer_class()(
+        trainer = lora_restoring_trainer(SentenceTransformerTrainer, _peft_or_hf_model)
+        return trainer(
             model=model,
             args=args,
             train_dataset=dataset,
             loss=MultipleNegativesRankingLoss(model),
-            evaluator=_evaluator(validation),
-            callbacks=[EarlyStoppingCallback(config.early_stopping_patience)],
+            evaluator=ndcg_evaluator(validation, "RetrievalNdcgEvaluator"),
+            callbacks=callbacks,
         )
-        if not progress:
-            trainer.remove_callback(PrinterCallback)
-        started = time.perf_counter()
-        trainer.train()
-        training_seconds = time.perf_counter() - started
-        state = trainer.state
-    best = state.best_metric
-    validation_best = validation.score(model)
-    if best is not None and abs(validation_best - best) > 1e-6:
-        raise TuningError(
-            f"the best checkpoint ({validation.metric} {best:.4f}) was not restored "
-            f"(the final model scores {validation_best:.4f})"
-        )
-    result = TuneResult(
-        out=out,
-        mode=config.mode,
-        train_queries=train_queries,
-        validation_queries=len(validation.queries),
-        train_pairs=len(rows),
-        validation_pairs=len(validation.corpus),
-        training_seconds=training_seconds,
-        validation_metric=validation.metric,
-        validation_before=validation_before,
-        validation_best=validation_best,
-        validation_retrieval=validation_retrieval,
-        best_step=_step_of(state.best_model_checkpoint),
-        steps=state.global_step,
-        losses=tuple(float(entry["loss"]) for entry in state.log_history if "loss" in entry),
-        artifact_bytes=_save(model, out, config),
+
+    trained = train(model, config, validation, out, build_trainer, progress=progress)
+    result = tune_result(
+        trained, out, config, validation,
+        counts=(train_queries, len(validation.queries), len(rows), len(validation.corpus)),
+        before=validation_before, retrieval=validation_retrieval,
+        size=_save(model, out, config),
     )
     write_model_card(out, result, config, catalog=catalog)
     return result
@@ -411,49 +336,17 @@ def _add_lora(model: SentenceTransformer, config: BiEncoderTuneConfig) -> None:
     sentence-transformers' own ``add_adapter`` refuses this peft version, so the wrapping is
     done on the underlying Hugging Face model.
     """
-    from peft import LoraConfig, TaskType, get_peft_model
+    from peft import TaskType, get_peft_model
 
-    lora = LoraConfig(
-        task_type=TaskType.FEATURE_EXTRACTION,
-        r=config.lora_r,
-        lora_alpha=config.lora_alpha,
-        lora_dropout=config.lora_dropout,
-        target_modules=list(config.lora_target_modules),
-    )
+    lora = lora_config(config, TaskType.FEATURE_EXTRACTION)
     transformer = hf_transformer(model)
     # The peft wrapper forwards like the model it wraps, which is all the module needs.
     transformer.model = get_peft_model(transformer.model, lora)  # type: ignore[assignment]
 
 
-def _trainer_class() -> type[Any]:
-    """The sentence-transformers trainer, able to restore the best LoRA checkpoint.
-
-    Its own restore rebuilds the whole model from the checkpoint folder, which fails for a
-    hand-wrapped peft model (and is only logged); loading the adapter weights back does it.
-    """
-    import torch
-    from peft import PeftModel, set_peft_model_state_dict
-    from safetensors.torch import load_file
-    from sentence_transformers import SentenceTransformerTrainer
-
-    class _Trainer(SentenceTransformerTrainer):
-        def _load_from_checkpoint(
-            self, resume_from_checkpoint: str, model: torch.nn.Module | None = None
-        ) -> None:
-            transformer = hf_transformer(self.model).model
-            if isinstance(transformer, PeftModel):
-                weights = load_file(str(Path(resume_from_checkpoint) / ADAPTER_WEIGHTS))
-                set_peft_model_state_dict(transformer, weights)
-            else:
-                super()._load_from_checkpoint(resume_from_checkpoint)
-
-    return _Trainer
-
-
-def _step_of(checkpoint: str | None) -> int | None:
-    if checkpoint is None:
-        return None
-    return int(checkpoint.rsplit("-", 1)[-1])
+def _peft_or_hf_model(model: SentenceTransformer) -> Any:
+    """The Hugging Face model inside (a peft model once LoRA wraps it)."""
+    return hf_transformer(model).model
 
 
 def _save(model: SentenceTransformer, out: Path, config: BiEncoderTuneConfig) -> int:
@@ -465,94 +358,43 @@ def _save(model: SentenceTransformer, out: Path, config: BiEncoderTuneConfig) ->
         portable_adapter_config(out)
     else:
         model.save_pretrained(str(out))
-    return sum(path.stat().st_size for path in out.rglob("*")
-               if path.is_file() and path.name not in _DOCUMENTATION)
+    return artifact_bytes(out)
 
 
 def write_model_card(
     out: Path, result: TuneResult, config: BiEncoderTuneConfig, *, catalog: str | None
 ) -> TunedModelCard:
     """Write ``model_card.json`` (the cross-encoder's format) and a ``README.md`` from it."""
-    card = TunedModelCard(
-        base_model=BASE_MODEL,
-        mode=result.mode,
-        max_length=config.max_seq_length,
-        config={**config.model_dump(mode="json"),
-                "learning_rate": config.resolved_learning_rate},
-        data={
-            "catalog": catalog,
-            "train_queries": result.train_queries,
-            "validation_queries": result.validation_queries,
-            "train_triplets": result.train_pairs,
-            "validation_corpus": result.validation_pairs,
-        },
-        training_seconds=round(result.training_seconds, 2),
-        validation_metric=result.validation_metric,
-        validation_before=result.validation_before,
-        validation_best=result.validation_best,
-        validation_retrieval=result.validation_retrieval,
-        best_step=result.best_step,
-        artifact_bytes=result.artifact_bytes,
-        versions={name: _version(name) for name in _CARD_LIBRARIES},
-        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+    return write_tuned_model_card(
+        out, result, config, max_length=config.max_seq_length, catalog=catalog,
+        data={"train_triplets": result.train_pairs, "validation_corpus": result.validation_pairs},
+        render=render_model_card,
     )
-    (out / MODEL_CARD).write_text(card.model_dump_json(indent=2) + "\n", encoding="utf-8")
-    (out / "README.md").write_text(render_model_card(card), encoding="utf-8")
-    return card
-
-
-def _version(name: str) -> str:
-    try:
-        return metadata.version(name)
-    except metadata.PackageNotFoundError:
-        return "not installed"
 
 
 def render_model_card(card: TunedModelCard) -> str:
     """The human model card (Markdown) of a tuned bi-encoder."""
-    metric = card.validation_metric
     how = ("a LoRA adapter over the packaged base weights (load it with shoprank)"
            if card.mode == "lora" else "a full sentence-transformers bi-encoder")
-    lines = [
-        "# shoprank bi-encoder",
-        "",
-        f"Fine-tuned from {card.base_model}: {how}.",
-        "Input: a query, or `indexer.schema.product_to_text(product)`, "
-        f"at most {card.max_length} tokens; output: L2-normalised vectors.",
-        "",
-        "Use it with `SHOPRANK_ENCODER_PATH=<this folder>`, then rebuild the index "
-        "(`shoprank reindex`): an index answers vector queries only from the encoder "
-        "that wrote it.",
-        "",
-        "## Validation",
-        "",
-        f"Held-out queries ({card.data['validation_queries']}) rank a corpus of "
+    return render_card(
+        card,
+        title="shoprank bi-encoder",
+        how=how,
+        about=[
+            "Input: a query, or `indexer.schema.product_to_text(product)`, "
+            f"at most {card.max_length} tokens; output: L2-normalised vectors.",
+            "",
+            "Use it with `SHOPRANK_ENCODER_PATH=<this folder>`, then rebuild the index "
+            "(`shoprank reindex`): an index answers vector queries only from the encoder "
+            "that wrote it.",
+        ],
+        validation=f"Held-out queries ({card.data['validation_queries']}) rank a corpus of "
         f"{card.data['validation_corpus']} products (their top "
         f"{card.config['validation_depth']} mined candidates each) by cosine similarity:",
-        "",
-        f"| model | {metric} |",
-        "| --- | --- |",
-        f"| mined candidates' order (the retrieval that mined them) | "
-        f"{card.validation_retrieval:.4f} |",
-        f"| before training (packaged encoder) | {card.validation_before:.4f} |",
-        f"| tuned (best checkpoint, step {card.best_step}) | {card.validation_best:.4f} |",
-        "",
-        "## Training",
-        "",
-        f"- data: {card.data['catalog'] or 'not recorded'}; "
-        f"{card.data['train_queries']} training queries, {card.data['train_triplets']} "
+        retrieval_label="mined candidates' order (the retrieval that mined them)",
+        before_label="before training (packaged encoder)",
+        data=f"{card.data['train_queries']} training queries, {card.data['train_triplets']} "
         "(query, positive, hard negative) triplets",
-        f"- mode: {card.mode}; {card.training_seconds:.0f} s; artifact "
-        f"{card.artifact_bytes / 1e6:.2f} MB",
-        "- loss: multiple-negatives ranking (in-batch negatives plus one mined hard negative "
+        loss="multiple-negatives ranking (in-batch negatives plus one mined hard negative "
         "per row)",
-        "",
-        "| setting | value |",
-        "| --- | --- |",
-        *(f"| {key} | {value} |" for key, value in card.config.items()),
-        "",
-        "Libraries: " + ", ".join(f"{name} {v}" for name, v in card.versions.items()) + ".",
-        f"Written {card.created_at}.",
-        "",
-    ]
-    return "\n".join(lines)
+    )

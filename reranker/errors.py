@@ -13,3 +13,7 @@ class CheckpointError(RerankerError):
 
 class EvaluationInputError(RerankerError):
     """A queries, qrels or gains input is malformed."""
+
+
+class TuningError(RerankerError):
+    """Tuning inputs are unusable, or training failed."""
