@@ -8,10 +8,12 @@ them to the other candidates of the same query (a BM25 of 12 means little on its
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
@@ -58,7 +60,7 @@ def _inverse_log_rank(rank: int | None) -> float:
     return 0.0 if rank is None else 1.0 / math.log2(1 + rank)
 
 
-def _coverage(terms: Sequence[str], field: set[str]) -> float:
+def _coverage(terms: Sequence[str], field: frozenset[str] | set[str]) -> float:
     return sum(term in field for term in terms) / len(terms) if terms else 0.0
 
 
@@ -87,6 +89,49 @@ def negated_terms(query: str) -> set[str]:
                 negated.update(terms)
                 break
     return negated
+
+
+@dataclass(frozen=True)
+class ProductTerms:
+    """A product's analysed fields, as the features read them."""
+
+    title_terms: tuple[str, ...]
+    title: frozenset[str]
+    brand: tuple[str, ...]
+    category: frozenset[str]
+    attributes: frozenset[str]
+    everything: frozenset[str]
+
+
+def product_terms(product: Product) -> ProductTerms:
+    """Analysing a long description costs more than the rest of the features together, and the
+    same products come back query after query: results are cached by field content, so a
+    changed product is analysed afresh."""
+    return _terms(
+        product.title, product.brand or "", tuple(product.category),
+        tuple(product.attributes.values()), tuple(product.bullet_points), product.description,
+    )
+
+
+@functools.lru_cache(maxsize=65_536)
+def _terms(
+    title: str,
+    brand: str,
+    category: tuple[str, ...],
+    attributes: tuple[str, ...],
+    bullets: tuple[str, ...],
+    description: str,
+) -> ProductTerms:
+    title_terms = tuple(analyze(title))
+    brand_terms = tuple(analyze(brand))
+    category_terms = frozenset(analyze(" ".join(category)))
+    attribute_terms = frozenset(analyze(" ".join(attributes)))
+    everything = frozenset(title_terms) | category_terms | attribute_terms | set(brand_terms)
+    everything |= set(analyze(" ".join(bullets))) | set(analyze(description))
+    return ProductTerms(
+        title_terms, frozenset(title_terms), brand_terms, category_terms, attribute_terms,
+        everything,
+    )
 
 
 def _filled(values: Sequence[float | None]) -> list[float]:
@@ -118,14 +163,9 @@ def candidate_features(
     rows = []
     for candidate, lexical, semantic, price in zip(candidates, bm25, cosine, prices, strict=True):
         product = products[candidate.product_id]
-        title_terms = analyze(product.title)
-        title = set(title_terms)
-        brand_terms = analyze(product.brand or "")
-        category = set(analyze(" ".join(product.category)))
-        attributes = set(analyze(" ".join(product.attributes.values())))
-        everything = title | category | attributes | set(brand_terms)
-        everything |= set(analyze(" ".join(product.bullet_points)))
-        everything |= set(analyze(product.description))
+        fields = product_terms(product)
+        title_terms, title, brand_terms = fields.title_terms, fields.title, fields.brand
+        category, attributes, everything = fields.category, fields.attributes, fields.everything
         rrf = sum(
             1.0 / (_RRF_K + rank)
             for rank in (candidate.bm25_rank, candidate.vector_rank)
