@@ -81,3 +81,11 @@ def test_cross_encoder_column_fills_the_unscored_with_the_lowest_score() -> None
     assert matrix[:, -1].tolist() == [2.0, -1.0, -1.0]
     with pytest.raises(ValueError, match="unknown final-stage features"):
         stage_features("a", candidates, products, [None] * 3, ("bm25_relative",))
+
+
+def test_cached_terms_follow_a_changed_product() -> None:
+    from reranker.features import product_terms
+
+    before = product_terms(make_product("p", "red lamp"))
+    after = product_terms(make_product("p", "blue chair"))
+    assert "red" in before.title and "chair" in after.title and "red" not in after.title
