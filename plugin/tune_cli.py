@@ -92,6 +92,11 @@ def _warn_unless_better(what: str, than: str, best: float, baseline: float, metr
         )
 
 
+def _catalog_label(catalog: Path) -> str:
+    """How a model card names its catalog: folder and file, no machine-specific path."""
+    return f"{catalog.parent.name}/{catalog.name}"
+
+
 tune_app = typer.Typer(
     help="Fine-tune the models on judged queries (LoRA by default).",
     no_args_is_help=True,
@@ -184,7 +189,7 @@ def tune_reranker(
         console.print(f"tuning the reranker ({config.mode}), this takes a while on a CPU")
         result = tune_cross_encoder(
             products, judged, judgments, candidates, out_dir, config,
-            catalog=str(catalog), progress=True,
+            catalog=_catalog_label(catalog), progress=True,
         )
     except (IndexerError, RerankerError, PluginError) as e:
         _fail(str(e), code=1)
@@ -293,7 +298,7 @@ def tune_encoder(
         finally:
             store.close()
         console.print(f"tuning the bi-encoder ({config.mode}), this takes a while on a CPU")
-        described = str(catalog)
+        described = _catalog_label(catalog)
         if pseudo_queries:
             described += f" ({len(judged) - len(pseudo.queries)} judged + " \
                 f"{len(pseudo.queries)} pseudo-queries)"
@@ -383,7 +388,7 @@ def tune_ranker(
         }
         card = {
             "name": out_file.stem,
-            "catalog": str(catalog),
+            "catalog": _catalog_label(catalog),
             "queries": len(judged),
             "gains": "esci" if esci else "exponential",
             "cross_encoder": str(checkpoint) if pipeline.has_reranker else None,
