@@ -24,6 +24,7 @@ from pathlib import Path
 
 from indexer.catalog import load_catalog
 from indexer.indexing import reindex_catalog
+from indexer.schema import product_to_text
 from plugin.components import build_pipeline
 from plugin.final_stage import (
     QueryCandidates,
@@ -121,7 +122,7 @@ def main() -> None:
                 item = collected[qid]
                 window = item.candidates[: args.window]
                 scores = model.score(
-                    item.query, [_text(by_id, c.product_id) for c in window]
+                    item.query, [product_to_text(by_id[c.product_id]) for c in window]
                 )
                 rerank: list[float | None] = [*scores, *[None] * (len(item.candidates)
                                                                - len(window))]
@@ -147,14 +148,6 @@ def main() -> None:
             "config": config.model_dump(mode="json"), "fold_training_seconds": fold_seconds,
             "stages": {name: report.summary() for name, report in reports.items()},
         }, indent=2))
-
-
-def _text(products: dict[str, object], product_id: str) -> str:
-    from indexer.schema import Product, product_to_text
-
-    product = products[product_id]
-    assert isinstance(product, Product)
-    return product_to_text(product)
 
 
 def _ndcg(report: EvalReport) -> dict[str, float]:

@@ -161,7 +161,7 @@ def _pool_run(
 def _pool_query(pipeline: SearchPipeline, pool: _Pool, order: Sequence[str]) -> QueryCandidates:
     """A pool as final-stage input: every pool product is a candidate, in fused order."""
     rerank: list[float | None] = [None] * len(order)
-    if pipeline.final_needs_rerank or pipeline.has_reranker:
+    if pipeline.has_reranker:  # a final stage that needs its score implies a reranker
         texts = [product_to_text(pool.products[pid]) for pid in order]
         rerank = list(pipeline.reranker.score(pool.query, texts))
     return QueryCandidates(pool.query, pool.candidates(order), pool.products, rerank)
