@@ -23,7 +23,7 @@ from plugin.models import MAX_K, MAX_QUERY_CHARS, SearchRequest
 from plugin.pipeline import SearchPipeline
 from reranker.evaluation import Gains, Qrels, gain_of, ndcg_at_k
 from reranker.features import CROSS_ENCODER_FEATURE, FEATURE_NAMES, stage_features
-from reranker.ltr import LinearRanker, RankingGroup, fit_linear_ranker
+from reranker.ltr import UNJUDGED_WEIGHT, LinearRanker, RankingGroup, fit_linear_ranker
 
 
 @dataclass(frozen=True)
@@ -91,6 +91,7 @@ def _groups(
         qid: RankingGroup(
             collected[qid].features(names),
             [gain_of(qrels[qid].get(c.product_id, 0), gains) for c in collected[qid].candidates],
+            [c.product_id in qrels[qid] for c in collected[qid].candidates],
         )
         for qid in qids
         if qid in qrels and collected[qid].candidates
@@ -137,14 +138,18 @@ def fit_final_stage(
     prior: LinearRanker | None = None,
     card: dict[str, Any] | None = None,
 ) -> LinearRanker:
-    """Fit a linear ranker on ``qids``; unjudged candidates count as gain 0 (see `reranker.ltr`).
+    """Fit a linear ranker on ``qids``; unjudged candidates count as gain 0, and pairs with one
+    count `UNJUDGED_WEIGHT` of a judged pair (see `reranker.ltr`).
 
     Its regularisation is chosen by an inner cross-validation over ``qids`` alone.
     """
     names = feature_names(with_cross_encoder)
     groups = _groups(collected, qrels, qids, names, gains)
     strength = choose_regularization(groups, collected, qrels, names, gains=gains, prior=prior)
-    card = {**(card or {}), "regularization": strength, "prior": _prior_name(prior)}
+    card = {
+        **(card or {}), "regularization": strength, "unjudged_weight": UNJUDGED_WEIGHT,
+        "prior": _prior_name(prior),
+    }
     return fit_linear_ranker(
         list(groups.values()), names, regularization=strength, prior=prior, card=card
     )

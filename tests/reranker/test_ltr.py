@@ -31,6 +31,15 @@ def test_pairwise_fit_learns_which_feature_predicts_the_gain() -> None:
     assert max(ranker.importance(), key=lambda name: abs(ranker.importance()[name])) == "signal"
 
 
+def test_pairs_with_an_unjudged_candidate_count_less_than_judged_pairs() -> None:
+    # Judged: the better product has the larger x. Unjudged: many products with a larger x still,
+    # which at full weight would teach the ranker that x means "unjudged, so irrelevant".
+    features = np.array([[1.0], [0.0]] + [[2.0]] * 6)
+    group = RankingGroup(features, [1.0, 0.0] + [0.0] * 6, [True, True] + [False] * 6)
+    assert fit_linear_ranker([group], ("x",), unjudged_weight=1.0).weights[0] < 0
+    assert fit_linear_ranker([group], ("x",), unjudged_weight=0.05).weights[0] > 0
+
+
 def test_a_ranker_without_pairs_to_learn_from_is_refused() -> None:
     with pytest.raises(ValueError, match="different gains"):
         fit_linear_ranker([RankingGroup(np.ones((3, 1)), [1, 1, 1])], ("x",))
