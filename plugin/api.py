@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 from typing import Annotated
 
 from fastapi import Depends, FastAPI, Header, HTTPException, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel
 
 from indexer.errors import IndexerError
@@ -128,6 +128,19 @@ def create_app(settings: Settings | None = None, pipeline: SearchPipeline | None
         if pipeline.store.delete([product_id]) == 0:
             raise HTTPException(status_code=404, detail=f"no product with id {product_id!r}")
         return Response(status_code=204)
+
+    @app.get("/metrics", response_class=PlainTextResponse)
+    def metrics(pipeline: PipelineDep) -> str:
+        """Counters in the Prometheus text format."""
+        lines = []
+        for name in ("search_total", "search_degraded_total"):
+            lines += [f"# TYPE shoprank_{name} counter",
+                      f"shoprank_{name} {pipeline.counters.get(name, 0)}"]
+        breaker = getattr(pipeline.reranker, "breaker", None)
+        if breaker is not None:
+            lines += ["# TYPE shoprank_reranker_circuit_open gauge",
+                      f"shoprank_reranker_circuit_open {int(breaker.state != 'closed')}"]
+        return "\n".join(lines) + "\n"
 
     @app.get("/healthz", response_model=Health, response_model_exclude_none=True)
     def healthz(request: Request) -> Health:

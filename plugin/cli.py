@@ -33,6 +33,7 @@ from plugin.evaluate import (
     markdown,
     summary,
 )
+from plugin.export_cli import export_app
 from plugin.models import SearchRequest, SearchResponse
 from plugin.pipeline import SearchPipeline
 from plugin.settings import Settings
@@ -53,6 +54,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(tune_app, name="tune")
+app.add_typer(export_app, name="export")
 console = Console(stderr=True)
 out = Console()
 
@@ -255,10 +257,13 @@ def serve(
     port: Annotated[int | None, typer.Option("--port")] = None,
     index: IndexOption = None,
     reranker: Annotated[
-        str | None, typer.Option("--reranker", help="none or cross-encoder.")
+        str | None, typer.Option("--reranker", help="none, cross-encoder or triton.")
     ] = None,
     checkpoint: Annotated[
         Path | None, typer.Option("--checkpoint", help="Cross-encoder checkpoint folder.")
+    ] = None,
+    triton_url: Annotated[
+        str | None, typer.Option("--triton-url", help="Triton's HTTP endpoint (--reranker triton).")
     ] = None,
     final_ranker: Annotated[
         str | None,
@@ -270,7 +275,8 @@ def serve(
     """Serve the HTTP API (OpenAPI docs at /docs)."""
     settings = _settings(
         host=host, port=port, index=index, reranker=reranker, reranker_checkpoint=checkpoint,
-        final_ranker=final_ranker, store=store, opensearch_url=opensearch_url,
+        triton_url=triton_url, final_ranker=final_ranker, store=store,
+        opensearch_url=opensearch_url,
     )
     _serve(settings)
 

@@ -39,6 +39,13 @@ def build_store(settings: Settings) -> VectorStore:
 def build_reranker(settings: Settings) -> Reranker:
     if settings.reranker == "none":
         return NoReranker()
+    if settings.reranker == "triton":
+        from reranker.triton import TritonReranker
+
+        return TritonReranker(
+            settings.triton_url, checkpoint=settings.reranker_checkpoint,
+            timeout_seconds=settings.triton_timeout_seconds,
+        )
     if settings.reranker_checkpoint is None:
         raise PluginError(
             "reranker 'cross-encoder' needs a checkpoint folder "

@@ -3,7 +3,10 @@ post-process -> top k."""
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -14,8 +17,11 @@ from indexer.store import VectorStore, check_encoder
 from plugin.errors import RerankNotConfiguredError
 from plugin.models import Explanation, SearchHit, SearchRequest, SearchResponse, StageScores
 from reranker.base import NoReranker, Reranker
+from reranker.errors import RerankerUnavailableError
 from reranker.features import CROSS_ENCODER_FEATURE, stage_features
 from reranker.ltr import LinearRanker
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -92,6 +98,9 @@ class SearchPipeline:
         self.final_ranker = final_ranker
         self.candidates = candidates
         self.rerank_window = rerank_window
+        #: Event counters, served at GET /metrics.
+        self.counters: Counter[str] = Counter()
+        self._counters_lock = threading.Lock()
 
     @property
     def has_reranker(self) -> bool:
@@ -102,7 +111,12 @@ class SearchPipeline:
         ranker = self.final_ranker
         return ranker is not None and CROSS_ENCODER_FEATURE in ranker.feature_names
 
+    def count(self, name: str) -> None:
+        with self._counters_lock:
+            self.counters[name] += 1
+
     def search(self, request: SearchRequest) -> SearchResponse:
+        self.count("search_total")
         clock = _Clock()
         # The final stage learned from hybrid candidates, so by default only hybrid uses it.
         if request.final is None:
@@ -146,10 +160,19 @@ class SearchPipeline:
             if candidate.product_id in products
         ]
         clock.lap("retrieve")
-        reranked = self._rerank(request.query, items) if rerank else 0
+        reranked, degraded = 0, False
         if rerank:
+            try:
+                reranked = self._rerank(request.query, items)
+            except RerankerUnavailableError as e:
+                # Fail open: retrieval order is a worse answer than reranked, but an answer.
+                logger.warning("search degraded to retrieval order: %s", e)
+                self.count("search_degraded_total")
+                degraded = True
             items = sorted(items[:reranked], key=_by_rerank) + items[reranked:]
         clock.lap("rerank")
+        if degraded and self.final_needs_rerank:
+            final = False  # its cross-encoder feature is missing
         if final and self.final_ranker is not None:
             items = self._final(request.query, items, self.final_ranker)
         clock.lap("final")
@@ -168,6 +191,7 @@ class SearchPipeline:
             reranked=reranked,
             reranker=self.reranker.name if rerank else "none",
             final_stage=_final_name(self.final_ranker) if final else "none",
+            degraded=degraded,
             results=hits[: request.k],
             timings_ms=clock.total(),
             filters=None if request.filters is None else request.filters.model_dump(

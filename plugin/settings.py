@@ -10,7 +10,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from indexer.settings import IndexerSettings
 
-RerankerKind = Literal["none", "cross-encoder"]
+RerankerKind = Literal["none", "cross-encoder", "triton"]
 
 
 class Settings(BaseSettings):
@@ -23,7 +23,13 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=1, le=65535)
     reranker: RerankerKind = "none"
+    #: The tuned artifact: loaded in process (cross-encoder), or, for triton, the one the server
+    #: runs (optional; its model card gives the tokenizer's max_length).
     reranker_checkpoint: Path | None = None
+    #: The Triton server's HTTP endpoint, for reranker "triton".
+    triton_url: str = "http://127.0.0.1:8000"
+    #: Per-call limit on a Triton rerank; past it, search answers in retrieval order (degraded).
+    triton_timeout_seconds: float = Field(default=2.0, gt=0, le=60)
     #: The learned final stage: "default" (the packaged one when it exists), "none", or a path
     #: to a ranker written by `shoprank tune ranker`.
     final_ranker: str = "default"

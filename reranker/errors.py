@@ -17,3 +17,10 @@ class EvaluationInputError(RerankerError):
 
 class TuningError(RerankerError):
     """Tuning inputs are unusable, or training failed."""
+
+
+class RerankerUnavailableError(RerankerError):
+    """A remote reranker did not answer: timeout, unreachable, or its circuit is open.
+
+    Search treats this as "rerank skipped" and answers in retrieval order (degraded).
+    """

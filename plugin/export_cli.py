@@ -1,0 +1,67 @@
+"""``shoprank export ...``: hand tuned models to serving.
+
+Registered in `plugin.cli` with ``app.add_typer(export_app, name="export")``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from plugin.settings import Settings
+from reranker.errors import RerankerError
+
+export_app = typer.Typer(no_args_is_help=True, help="Export tuned models for serving.")
+
+#: Where `scripts/triton` serves from unless told otherwise (run from the repository root).
+DEFAULT_REPOSITORY = Path(os.environ.get("SHOPRANK_TRITON_REPOSITORY", "triton_models"))
+
+
+@export_app.command("reranker")
+def export_reranker_command(
+    checkpoint: Annotated[
+        Path, typer.Option("--checkpoint", help="A `tune reranker` output (LoRA or full).")
+    ],
+    version: Annotated[
+        int | None, typer.Option("--version", help="Version number (default: newest + 1).")
+    ] = None,
+    repository: Annotated[
+        Path, typer.Option("--repository", help="The Triton model repository.")
+    ] = DEFAULT_REPOSITORY,
+    triton_url: Annotated[
+        str | None, typer.Option("--triton-url", help="Load the new version on this server.")
+    ] = None,
+    load: Annotated[
+        bool, typer.Option("--load/--no-load", help="Ask the running server to load it.")
+    ] = True,
+) -> None:
+    """Write a tuned cross-encoder as a new model version; a running Triton loads it at once."""
+    from plugin.cli import _fail, out
+    from reranker.triton import TritonReranker
+    from reranker.triton_export import export_reranker
+
+    try:
+        exported = export_reranker(checkpoint, repository, version=version)
+    except RerankerError as e:
+        _fail(str(e))
+    out.print(
+        f"exported {checkpoint} ({exported.mode}, {exported.size_bytes / 1e6:.1f} MB) as "
+        f"version {exported.version}: {exported.folder}"
+    )
+    if not load:
+        return
+    url = triton_url or Settings().triton_url
+    client = TritonReranker(url)
+    try:
+        client.load()
+        out.print(f"Triton at {url} now serves version {exported.version}")
+    except RerankerError as e:
+        out.print(
+            f"not loaded: {e}. A server started on {repository} "
+            "(scripts/triton start) serves the newest version."
+        )
+    finally:
+        client.close()

@@ -1,0 +1,129 @@
+"""The Triton client without a server: timeouts, the circuit breaker, failing open, export."""
+
+from __future__ import annotations
+
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+from indexer.indexing import index_products
+from indexer.local_store import LocalStore
+from plugin.models import SearchRequest
+from plugin.pipeline import SearchPipeline
+from reranker.errors import CheckpointError, RerankerUnavailableError
+from reranker.triton import CircuitBreaker, TritonReranker
+from reranker.triton_contract import CHECKPOINT_DIR, MODEL_FILE, MODEL_NAME
+from reranker.triton_export import export_reranker
+
+
+def _dead_url() -> str:
+    """A loopback port nobody listens on."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
+
+
+def test_breaker_opens_after_repeated_failures_and_lets_one_trial_through() -> None:
+    breaker = CircuitBreaker(failures=2, reset_seconds=0.05)
+    breaker.failed()
+    assert breaker.state == "closed" and breaker.allows()
+    breaker.failed()
+    assert breaker.state == "open" and not breaker.allows()
+    time.sleep(0.06)
+    assert breaker.allows()  # the trial call
+    assert not breaker.allows()  # and only one at a time
+    breaker.failed()
+    assert breaker.state == "open"
+    time.sleep(0.06)
+    assert breaker.allows()
+    breaker.succeeded()
+    assert breaker.state == "closed" and breaker.allows()
+
+
+def test_unreachable_server_is_unavailable_then_skipped_without_calling() -> None:
+    reranker = TritonReranker(
+        _dead_url(), timeout_seconds=1.0, breaker=CircuitBreaker(failures=2, reset_seconds=60)
+    )
+    try:
+        for _ in range(2):
+            with pytest.raises(RerankerUnavailableError, match=r"failed|did not answer"):
+                reranker.score("shoes", ["red shoes"])
+        with pytest.raises(RerankerUnavailableError, match="circuit open"):
+            reranker.score("shoes", ["red shoes"])
+        assert not reranker.ready()
+    finally:
+        reranker.close()
+
+
+def test_tokens_match_what_the_model_expects() -> None:
+    reranker = TritonReranker(_dead_url(), max_length=16)
+    try:
+        tensors = reranker.encode("red shoes", ["a pair of red running shoes " * 10, "socks"])
+    finally:
+        reranker.close()
+    assert set(tensors) == {"input_ids", "attention_mask", "token_type_ids"}
+    assert {t.shape for t in tensors.values()} == {(2, 16)}  # padded to the longest, truncated
+    assert tensors["attention_mask"][1].sum() < 16
+    assert all(t.dtype.name == "int64" for t in tensors.values())
+
+
+def test_search_fails_open_to_retrieval_order_when_the_reranker_is_down(
+    tiny_products: list, tmp_path: Path
+) -> None:
+    from indexer.encoder import BiEncoder
+
+    store = LocalStore(tmp_path / "idx")
+    index_products(store, tiny_products, BiEncoder())
+    reranker = TritonReranker(_dead_url(), timeout_seconds=0.5)
+    pipeline = SearchPipeline(store, BiEncoder(), reranker, candidates=6, rerank_window=6)
+    try:
+        request = SearchRequest(query="running shoes", k=5)
+        response = pipeline.search(request)
+        plain = pipeline.search(request.model_copy(update={"rerank": False}))
+    finally:
+        reranker.close()
+    assert response.degraded and not plain.degraded
+    assert response.reranked == 0
+    assert [hit.id for hit in response.results] == [hit.id for hit in plain.results]
+    assert pipeline.counters["search_degraded_total"] == 1
+
+
+def _repository(tmp_path: Path) -> Path:
+    repository = tmp_path / "models"
+    (repository / MODEL_NAME).mkdir(parents=True)
+    (repository / MODEL_NAME / MODEL_FILE).write_text("# model\n")
+    return repository
+
+
+def _full_checkpoint(tmp_path: Path) -> Path:
+    checkpoint = tmp_path / "ce"
+    checkpoint.mkdir()
+    (checkpoint / "config.json").write_text("{}")
+    return checkpoint
+
+
+def test_export_writes_numbered_versions_with_the_model_code(tmp_path: Path) -> None:
+    repository, checkpoint = _repository(tmp_path), _full_checkpoint(tmp_path)
+    first = export_reranker(checkpoint, repository)
+    second = export_reranker(checkpoint, repository)
+    assert (first.version, second.version, second.mode) == (1, 2, "full")
+    assert (second.folder / MODEL_FILE).read_text() == "# model\n"
+    assert (second.folder / CHECKPOINT_DIR / "config.json").is_file()
+    assert export_reranker(checkpoint, repository, version=7).folder.name == "7"
+    with pytest.raises(CheckpointError, match="version 7 already exists"):
+        export_reranker(checkpoint, repository, version=7)
+    assert sorted(p.name for p in (repository / MODEL_NAME).iterdir()) == [
+        "1", "2", "7", MODEL_FILE
+    ]
+
+
+def test_export_refuses_what_is_not_a_checkpoint_or_a_repository(tmp_path: Path) -> None:
+    repository = _repository(tmp_path)
+    with pytest.raises(CheckpointError, match=r"no config\.json"):
+        export_reranker(tmp_path, repository)
+    with pytest.raises(CheckpointError, match="not a shoprank model repository"):
+        export_reranker(_full_checkpoint(tmp_path), tmp_path / "elsewhere")
+    assert not (repository / MODEL_NAME / "1").exists()
