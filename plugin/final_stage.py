@@ -106,6 +106,7 @@ def choose_regularization(
     *,
     gains: Gains | None,
     prior: LinearRanker | None = None,
+    unjudged_weight: float = UNJUDGED_WEIGHT,
     folds: int = 4,
     seed: int = 0,
 ) -> float:
@@ -120,7 +121,10 @@ def choose_regularization(
         values = []
         for test in inner:
             train = [groups[q] for fold in inner if fold is not test for q in fold]
-            ranker = fit_linear_ranker(train, names, regularization=strength, prior=prior)
+            ranker = fit_linear_ranker(
+                train, names, regularization=strength, prior=prior,
+                unjudged_weight=unjudged_weight,
+            )
             values += [ndcg_at_k(collected[q].ranked_by(ranker), qrels[q], 10, gains) for q in test]
         quality = float(np.mean(values))
         if quality > best_quality + 1e-9:
@@ -137,21 +141,25 @@ def fit_final_stage(
     with_cross_encoder: bool,
     prior: LinearRanker | None = None,
     card: dict[str, Any] | None = None,
+    unjudged_weight: float = UNJUDGED_WEIGHT,
 ) -> LinearRanker:
     """Fit a linear ranker on ``qids``; unjudged candidates count as gain 0, and pairs with one
-    count `UNJUDGED_WEIGHT` of a judged pair (see `reranker.ltr`).
+    count ``unjudged_weight`` of a judged pair (see `reranker.ltr`).
 
     Its regularisation is chosen by an inner cross-validation over ``qids`` alone.
     """
     names = feature_names(with_cross_encoder)
     groups = _groups(collected, qrels, qids, names, gains)
-    strength = choose_regularization(groups, collected, qrels, names, gains=gains, prior=prior)
+    strength = choose_regularization(
+        groups, collected, qrels, names, gains=gains, prior=prior, unjudged_weight=unjudged_weight
+    )
     card = {
-        **(card or {}), "regularization": strength, "unjudged_weight": UNJUDGED_WEIGHT,
+        **(card or {}), "regularization": strength, "unjudged_weight": unjudged_weight,
         "prior": _prior_name(prior),
     }
     return fit_linear_ranker(
-        list(groups.values()), names, regularization=strength, prior=prior, card=card
+        list(groups.values()), names, regularization=strength, prior=prior, card=card,
+        unjudged_weight=unjudged_weight,
     )
 
 
@@ -178,6 +186,7 @@ def cross_validated_final(
     prior: LinearRanker | None = None,
     train_queries: int | None = None,
     seed: int = 0,
+    unjudged_weight: float = UNJUDGED_WEIGHT,
 ) -> dict[str, list[str]]:
     """Each query ranked by a final stage fitted on the other folds only.
 
@@ -193,7 +202,7 @@ def cross_validated_final(
             train = rng.sample(sorted(train), min(train_queries, len(train)))
         ranker = fit_final_stage(
             collected, qrels, train, gains=gains, with_cross_encoder=with_cross_encoder,
-            prior=prior,
+            prior=prior, unjudged_weight=unjudged_weight,
         )
         for qid in test:
             run[qid] = collected[qid].ranked_by(ranker)
