@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from indexer.store import Filters, RetrievalMode
 
@@ -14,6 +14,52 @@ MAX_K = 100
 QueryText = Annotated[
     str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_QUERY_CHARS)
 ]
+
+
+class FairnessPolicy(BaseModel):
+    """A request's fairness step (see `plugin.fairness_stage`). Unknown fields are rejected."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    #: fair_topk: FA*IR; exposure_parity: group exposure follows relevance; group_cap: at most
+    #: ``cap`` items per group in the top k.
+    policy: Literal["fair_topk", "exposure_parity", "group_cap"]
+    #: Which product field defines the groups ("category": the top level of the path).
+    field: Literal["brand", "category"] = "brand"
+    #: The protected groups, by name (FA*IR protects them) ...
+    protected: list[Annotated[str, StringConstraints(min_length=1, max_length=200)]] | None = (
+        Field(default=None, max_length=1000)
+    )
+    #: ... or by rule: groups with less than this share of the query's candidates.
+    protected_share_below: float | None = Field(default=None, gt=0, lt=1)
+    p: float = Field(default=0.3, gt=0, lt=1, description="FA*IR target protected proportion")
+    alpha: float = Field(default=0.1, gt=0, lt=1, description="FA*IR significance level")
+    k: int | None = Field(default=None, ge=1, le=MAX_K, description="default: the request's k")
+    cap: int = Field(default=2, ge=1, le=MAX_K, description="group_cap: items per group")
+    tolerance: float = Field(default=0.1, ge=0, le=1, description="exposure_parity slack")
+
+    @model_validator(mode="after")
+    def _protected_once(self) -> FairnessPolicy:
+        given = (self.protected is not None) + (self.protected_share_below is not None)
+        if given > 1:
+            raise ValueError("give either protected or protected_share_below, not both")
+        if self.policy == "fair_topk" and not given:
+            raise ValueError(
+                "policy fair_topk needs the protected groups: protected (a list of names) "
+                "or protected_share_below (a share of the candidates, 0-1)"
+            )
+        return self
+
+
+class FairnessSummary(BaseModel):
+    """What the fairness step did to this response."""
+
+    policy: str
+    protected_groups: list[str]
+    moved: int = Field(description="how many results changed rank")
+    satisfied: bool = Field(description="false when the constraint could not be met")
+    ndcg_loss: float = Field(description="nDCG@k lost against the order before it")
+    notes: list[str] = []
 
 
 class SearchRequest(BaseModel):
@@ -29,6 +75,7 @@ class SearchRequest(BaseModel):
     rerank: bool | None = None
     #: None: apply the learned final stage when the server has one.
     final: bool | None = None
+    fairness: FairnessPolicy | None = None
     explain: bool = False
 
 
@@ -54,6 +101,9 @@ class Explanation(BaseModel):
         default=None,
         description="the learned final stage's score split by feature (weight x value)",
     )
+    fairness_move: str | None = Field(
+        default=None, description="why the fairness step moved this result, from which rank"
+    )
     text: str = Field(description="the product text the models saw")
 
 
@@ -78,6 +128,7 @@ class SearchResponse(BaseModel):
     reranker: str
     final_stage: str = Field(default="none", description="the learned final stage, if any")
     degraded: bool = False
+    fairness: FairnessSummary | None = None
     results: list[SearchHit]
     timings_ms: dict[str, float]
     filters: dict[str, Any] | None = None

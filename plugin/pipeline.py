@@ -15,6 +15,7 @@ from indexer.retrieval import Candidate, retrieve
 from indexer.schema import Product, product_to_text
 from indexer.store import VectorStore, check_encoder
 from plugin.errors import RerankNotConfiguredError
+from plugin.fairness_stage import apply_fairness
 from plugin.models import Explanation, SearchHit, SearchRequest, SearchResponse, StageScores
 from reranker.base import NoReranker, Reranker
 from reranker.errors import RerankerUnavailableError
@@ -35,6 +36,7 @@ class RankedItem:
     rerank_rank: int | None = None
     final: float | None = None
     features: tuple[float, ...] = ()
+    fairness_move: str | None = None
 
     @property
     def ordered_by(self) -> str:
@@ -178,6 +180,18 @@ class SearchPipeline:
         clock.lap("final")
         for post_process in self.post_processors:
             items = post_process(items)
+        fairness = None
+        if request.fairness is not None and items:
+            outcome = apply_fairness(
+                request.fairness, [item.product for item in items],
+                [item.score for item in items], request.k,
+            )
+            for index, move in outcome.moves.items():
+                items[index].fairness_move = (
+                    f"moved from rank {move.from_rank} to {move.to_rank}: {move.reason}"
+                )
+            items = [items[index] for index in outcome.order]
+            fairness = outcome.summary
         clock.lap("postprocess")
         hits = [
             _to_hit(rank, item, request.explain, self.final_ranker)
@@ -192,6 +206,7 @@ class SearchPipeline:
             reranker=self.reranker.name if rerank else "none",
             final_stage=_final_name(self.final_ranker) if final else "none",
             degraded=degraded,
+            fairness=fairness,
             results=hits[: request.k],
             timings_ms=clock.total(),
             filters=None if request.filters is None else request.filters.model_dump(
@@ -266,6 +281,7 @@ def _to_hit(
                 if ranker is not None and item.final is not None
                 else None
             ),
+            fairness_move=item.fairness_move,
             text=product_to_text(product),
         )
         if explain

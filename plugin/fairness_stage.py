@@ -1,0 +1,85 @@
+"""The fairness step of a search: a request's `FairnessPolicy` applied to the ranked items.
+
+The post-processors themselves live in `reranker.fairness`; this module builds one from a
+policy, hands it the ranked items, and returns them in the new order with each move's reason.
+Groups come from a product field (brand by default, or the top-level category). The protected
+groups are the policy's explicit list, or, by rule, the groups holding less than a share of
+this query's candidates. (A catalog-wide share needs a group count from the store: not yet.)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from indexer.schema import Product
+from plugin.models import FairnessPolicy, FairnessSummary
+from reranker.fairness import (
+    ExposureParity,
+    FairnessItem,
+    FairTopK,
+    GroupCap,
+    Move,
+    PostProcessor,
+    group_counts,
+    group_of,
+    rare_groups,
+)
+
+
+@dataclass(frozen=True)
+class FairnessOutcome:
+    order: list[int]  # indices into the input, in the new order
+    moves: dict[int, Move]  # by input index
+    summary: FairnessSummary
+
+
+def _group_key(policy: FairnessPolicy) -> object:
+    if policy.field == "category":
+        return lambda product: product.category[0] if product.category else None
+    return policy.field
+
+
+def protected_groups(policy: FairnessPolicy, products: Sequence[Product]) -> frozenset[str]:
+    if policy.protected is not None:
+        return frozenset(policy.protected)
+    share = policy.protected_share_below
+    if share is None:
+        return frozenset()
+    return rare_groups(group_counts(products, _group_key(policy)), share)  # type: ignore[arg-type]
+
+
+def post_processor(policy: FairnessPolicy, k: int) -> PostProcessor:
+    top = policy.k or k
+    if policy.policy == "fair_topk":
+        return FairTopK(k=top, p=policy.p, alpha=policy.alpha)
+    if policy.policy == "group_cap":
+        return GroupCap(cap=policy.cap, k=top, group_label=policy.field)
+    return ExposureParity(k=top, tolerance=policy.tolerance, group_label=policy.field)
+
+
+def apply_fairness(
+    policy: FairnessPolicy, products: Sequence[Product], scores: Sequence[float], k: int
+) -> FairnessOutcome:
+    """Reorder ``products`` (ranked, with the scores that ranked them) under ``policy``.
+
+    Gains for the nDCG cost and for exposure targets are the scores min-max scaled to 0..1
+    over these candidates, so a linear stage's negative scores still rank as they did.
+    """
+    low, high = min(scores, default=0.0), max(scores, default=0.0)
+    span = high - low
+    key = _group_key(policy)
+    protected = protected_groups(policy, products)
+    items = []
+    for index, (product, score) in enumerate(zip(products, scores, strict=True)):
+        group = group_of(product, key)  # type: ignore[arg-type]
+        relevance = (score - low) / span if span > 0 else 1.0
+        items.append(FairnessItem(str(index), group, score, group in protected, relevance))
+    result = post_processor(policy, k).rerank(items)
+    moves = {int(move.id): move for move in result.moves}
+    summary = FairnessSummary(
+        policy=policy.policy, protected_groups=sorted(protected), moved=len(moves),
+        satisfied=result.satisfied, ndcg_loss=round(result.ndcg_loss, 6),
+        notes=list(result.notes),
+    )
+    return FairnessOutcome([int(i) for i in result.ids], moves, summary)

@@ -1,0 +1,90 @@
+"""A search request's fairness policy: validated, applied after ranking, explained."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from indexer.encoder import BiEncoder
+from indexer.indexing import index_products
+from indexer.local_store import LocalStore
+from plugin.api import create_app
+from plugin.pipeline import SearchPipeline
+from plugin.settings import Settings
+from reranker.fairness_metrics import fair_table
+from tests.conftest import make_product
+
+
+@pytest.fixture
+def client(tmp_path: Path) -> Iterator[TestClient]:
+    """Twelve running shoes: nine from big brand Acme first, three from small brands."""
+    products = [make_product(f"a{i}", f"acme running shoes model {i}", brand="Acme")
+                for i in range(9)]
+    products += [make_product(f"s{i}", f"trail running shoes {name}", brand=name)
+                 for i, name in enumerate(["Kestrel", "Wren", "Finch"])]
+    store = LocalStore(tmp_path / "idx")
+    encoder = BiEncoder()
+    index_products(store, products, encoder)
+    pipeline = SearchPipeline(store, encoder, candidates=12)
+    with TestClient(create_app(Settings(), pipeline)) as client:
+        yield client
+
+
+def _search(client: TestClient, **body: Any) -> dict[str, Any]:
+    response = client.post("/search", json={"query": "acme running shoes", "k": 6,
+                                            "mode": "bm25", **body})
+    assert response.status_code == 200, response.text
+    result: dict[str, Any] = response.json()
+    return result
+
+
+def test_fair_topk_lifts_protected_brands_into_the_top_k_and_says_why(
+    client: TestClient,
+) -> None:
+    plain = _search(client)
+    assert [hit["brand"] for hit in plain["results"]].count("Acme") == 6
+    fair = _search(client, explain=True, fairness={
+        "policy": "fair_topk", "protected": ["Kestrel", "Wren", "Finch"], "p": 0.7,
+        "alpha": 0.1,
+    })
+    protected = [hit["brand"] != "Acme" for hit in fair["results"]]
+    table = fair_table(6, 0.7, 0.1)
+    assert table.minimum[-1] >= 2
+    for prefix, needed in enumerate(table.minimum, start=1):
+        assert sum(protected[:prefix]) >= needed
+    summary = fair["fairness"]
+    assert summary["policy"] == "fair_topk" and summary["moved"] > 0 and summary["satisfied"]
+    assert summary["ndcg_loss"] >= 0
+    moved = [hit for hit in fair["results"] if hit["explanation"].get("fairness_move")]
+    assert moved and all("moved from rank" in hit["explanation"]["fairness_move"]
+                         for hit in moved)
+
+
+def test_group_cap_limits_one_brand_in_the_top_k(client: TestClient) -> None:
+    capped = _search(client, fairness={"policy": "group_cap", "cap": 3})
+    assert [hit["brand"] for hit in capped["results"]].count("Acme") == 3
+    assert capped["fairness"]["satisfied"]
+
+
+def test_protected_by_rule_is_the_rare_groups_of_the_candidates(client: TestClient) -> None:
+    fair = _search(client, fairness={"policy": "fair_topk", "protected_share_below": 0.2})
+    assert fair["fairness"]["protected_groups"] == ["Finch", "Kestrel", "Wren"]
+
+
+@pytest.mark.parametrize(("fairness", "problem"), [
+    ({"policy": "fair_topk"}, "needs the protected groups"),
+    ({"policy": "fair_topk", "protected": ["X"], "protected_share_below": 0.1}, "not both"),
+    ({"policy": "fair_topk", "protected": ["X"], "p": 1.5}, "less than 1"),
+    ({"policy": "group_cap", "cap": 0}, "greater than or equal to 1"),
+    ({"policy": "group_cap", "seller": "x"}, "Extra inputs are not permitted"),
+    ({"policy": "lottery"}, "'fair_topk', 'exposure_parity' or 'group_cap'"),
+])
+def test_bad_policies_are_named(client: TestClient, fairness: dict[str, Any],
+                                problem: str) -> None:
+    response = client.post("/search", json={"query": "shoes", "fairness": fairness})
+    assert response.status_code == 422
+    assert problem in response.text and "fairness" in response.text
