@@ -5,8 +5,8 @@ queries (as `shoprank eval --cv 5` does) and scored with plain and judged-only n
 Weight 0 fits among judged products only; 1 treats unjudged as irrelevant. The packaged
 default is `reranker.ltr.UNJUDGED_WEIGHT`. Needs the eval indexes that bench/relevance.sh builds.
 
-    python bench/unjudged_weight.py --catalog esci-us --esci
-    python bench/unjudged_weight.py --catalog icecat
+    python -m bench.unjudged_weight --catalog esci-us --esci
+    python -m bench.unjudged_weight --catalog icecat
 """
 
 from __future__ import annotations
