@@ -14,6 +14,7 @@ from plugin.pipeline import SearchPipeline
 from plugin.settings import Settings
 from reranker.base import NoReranker, Reranker
 from reranker.cross_encoder import InProcessCrossEncoder
+from reranker.fairness import InMemoryExposureStore
 from reranker.ltr import LinearRanker
 
 #: Tuned artifacts that ship with the package (see README, "Tuned defaults").
@@ -74,6 +75,8 @@ def build_pipeline(settings: Settings) -> SearchPipeline:
         candidates=settings.candidates,
         rerank_window=settings.rerank_window,
     )
+    pipeline.fairness = settings.fairness
+    pipeline.exposure_store = InMemoryExposureStore(window=settings.fairness_window)
     if pipeline.final_needs_rerank and not pipeline.has_reranker:
         if settings.final_ranker == "default":
             pipeline.final_ranker = None  # the packaged ranker needs the packaged reranker

@@ -15,7 +15,9 @@ from dataclasses import dataclass
 from indexer.schema import Product
 from plugin.models import FairnessPolicy, FairnessSummary
 from reranker.fairness import (
+    AmortizedExposure,
     ExposureParity,
+    ExposureStore,
     FairnessItem,
     FairTopK,
     GroupCap,
@@ -49,8 +51,18 @@ def protected_groups(policy: FairnessPolicy, products: Sequence[Product]) -> fro
     return rare_groups(group_counts(products, _group_key(policy)), share)  # type: ignore[arg-type]
 
 
-def post_processor(policy: FairnessPolicy, k: int) -> PostProcessor:
+def post_processor(
+    policy: FairnessPolicy, k: int, store: ExposureStore | None = None
+) -> PostProcessor:
     top = policy.k or k
+    if policy.policy == "amortized":
+        if store is None:
+            raise ValueError("policy amortized needs an exposure store")
+        key = f"{policy.field}:{policy.max_ndcg_loss}"
+        return AmortizedExposure(
+            store, key=key, k=top, depth=max(2 * top, 20), max_ndcg_loss=policy.max_ndcg_loss,
+            group_label=policy.field,
+        )
     if policy.policy == "fair_topk":
         return FairTopK(k=top, p=policy.p, alpha=policy.alpha)
     if policy.policy == "group_cap":
@@ -59,14 +71,22 @@ def post_processor(policy: FairnessPolicy, k: int) -> PostProcessor:
 
 
 def apply_fairness(
-    policy: FairnessPolicy, products: Sequence[Product], scores: Sequence[float], k: int
+    policy: FairnessPolicy,
+    products: Sequence[Product],
+    scores: Sequence[float],
+    k: int,
+    store: ExposureStore | None = None,
 ) -> FairnessOutcome:
     """Reorder ``products`` (ranked, with the scores that ranked them) under ``policy``.
 
-    Gains for the nDCG cost and for exposure targets are the scores min-max scaled to 0..1
-    over these candidates, so a linear stage's negative scores still rank as they did.
+    ``amortized`` reads the exposure ``store`` and records the order it returns there.
+
+    Gains for the nDCG cost and for exposure targets are the scores over the best one when
+    no score is negative (retrieval and cross-encoder scores), else min-max scaled to 0..1 (a
+    linear final stage's scores), so a gain keeps its ratio to the best where it has one.
     """
-    low, high = min(scores, default=0.0), max(scores, default=0.0)
+    high = max(scores, default=0.0)
+    low = 0.0 if min(scores, default=0.0) >= 0 else min(scores)
     span = high - low
     key = _group_key(policy)
     protected = protected_groups(policy, products)
@@ -75,7 +95,10 @@ def apply_fairness(
         group = group_of(product, key)  # type: ignore[arg-type]
         relevance = (score - low) / span if span > 0 else 1.0
         items.append(FairnessItem(str(index), group, score, group in protected, relevance))
-    result = post_processor(policy, k).rerank(items)
+    processor = post_processor(policy, k, store)
+    result = processor.rerank(items)
+    if isinstance(processor, AmortizedExposure):
+        processor.record(result.items)
     moves = {int(move.id): move for move in result.moves}
     summary = FairnessSummary(
         policy=policy.policy, protected_groups=sorted(protected), moved=len(moves),

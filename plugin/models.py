@@ -22,8 +22,9 @@ class FairnessPolicy(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     #: fair_topk: FA*IR; exposure_parity: group exposure follows relevance; group_cap: at most
-    #: ``cap`` items per group in the top k.
-    policy: Literal["fair_topk", "exposure_parity", "group_cap"]
+    #: ``cap`` items per group in the top k; amortized: exposure follows relevance across the
+    #: server's recent queries, not per query; none: switch off the server's default policy.
+    policy: Literal["fair_topk", "exposure_parity", "group_cap", "amortized", "none"]
     #: Which product field defines the groups ("category": the top level of the path).
     field: Literal["brand", "category"] = "brand"
     #: The protected groups, by name (FA*IR protects them) ...
@@ -37,6 +38,9 @@ class FairnessPolicy(BaseModel):
     k: int | None = Field(default=None, ge=1, le=MAX_K, description="default: the request's k")
     cap: int = Field(default=2, ge=1, le=MAX_K, description="group_cap: items per group")
     tolerance: float = Field(default=0.1, ge=0, le=1, description="exposure_parity slack")
+    max_ndcg_loss: float = Field(
+        default=0.05, ge=0, le=1, description="amortized: the most nDCG@k one query may lose"
+    )
 
     @model_validator(mode="after")
     def _protected_once(self) -> FairnessPolicy:

@@ -16,9 +16,17 @@ from indexer.schema import Product, product_to_text
 from indexer.store import VectorStore, check_encoder
 from plugin.errors import RerankNotConfiguredError
 from plugin.fairness_stage import apply_fairness
-from plugin.models import Explanation, SearchHit, SearchRequest, SearchResponse, StageScores
+from plugin.models import (
+    Explanation,
+    FairnessPolicy,
+    SearchHit,
+    SearchRequest,
+    SearchResponse,
+    StageScores,
+)
 from reranker.base import NoReranker, Reranker
 from reranker.errors import RerankerUnavailableError
+from reranker.fairness import ExposureStore, InMemoryExposureStore
 from reranker.features import CROSS_ENCODER_FEATURE, stage_features
 from reranker.ltr import LinearRanker
 
@@ -100,6 +108,10 @@ class SearchPipeline:
         self.final_ranker = final_ranker
         self.candidates = candidates
         self.rerank_window = rerank_window
+        #: The fairness policy of requests that do not name one (None: no fairness step).
+        self.fairness: FairnessPolicy | None = None
+        #: What `amortized` fairness remembers of recent queries' exposure.
+        self.exposure_store: ExposureStore = InMemoryExposureStore()
         #: Event counters, served at GET /metrics.
         self.counters: Counter[str] = Counter()
         self._counters_lock = threading.Lock()
@@ -181,10 +193,11 @@ class SearchPipeline:
         for post_process in self.post_processors:
             items = post_process(items)
         fairness = None
-        if request.fairness is not None and items:
+        policy = request.fairness or self.fairness
+        if policy is not None and policy.policy != "none" and items:
             outcome = apply_fairness(
-                request.fairness, [item.product for item in items],
-                [item.score for item in items], request.k,
+                policy, [item.product for item in items], [item.score for item in items],
+                request.k, self.exposure_store,
             )
             for index, move in outcome.moves.items():
                 items[index].fairness_move = (

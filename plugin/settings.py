@@ -9,6 +9,7 @@ from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from indexer.settings import IndexerSettings
+from plugin.models import FairnessPolicy
 
 RerankerKind = Literal["none", "cross-encoder", "triton"]
 
@@ -37,6 +38,11 @@ class Settings(BaseSettings):
     candidates: int = Field(default=100, ge=1, le=1000)
     #: How many of the best candidates the cross-encoder rescores.
     rerank_window: int = Field(default=50, ge=1, le=1000)
+    #: The fairness policy of searches that do not name one, as JSON in the environment
+    #: (SHOPRANK_FAIRNESS='{"policy": "group_cap", "cap": 3}'); unset: none.
+    fairness: FairnessPolicy | None = None
+    #: How many recent queries `amortized` fairness balances exposure over.
+    fairness_window: int = Field(default=500, ge=1, le=100_000)
     #: Key for the admin endpoints (PUT/DELETE /products); unset disables them.
     admin_api_key: SecretStr | None = None
     indexer: IndexerSettings = Field(default_factory=IndexerSettings)

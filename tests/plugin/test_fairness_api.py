@@ -81,10 +81,39 @@ def test_protected_by_rule_is_the_rare_groups_of_the_candidates(client: TestClie
     ({"policy": "fair_topk", "protected": ["X"], "p": 1.5}, "less than 1"),
     ({"policy": "group_cap", "cap": 0}, "greater than or equal to 1"),
     ({"policy": "group_cap", "seller": "x"}, "Extra inputs are not permitted"),
-    ({"policy": "lottery"}, "'fair_topk', 'exposure_parity' or 'group_cap'"),
+    ({"policy": "lottery"}, "'group_cap', 'amortized' or 'none'"),
 ])
 def test_bad_policies_are_named(client: TestClient, fairness: dict[str, Any],
                                 problem: str) -> None:
     response = client.post("/search", json={"query": "shoes", "fairness": fairness})
     assert response.status_code == 422
     assert problem in response.text and "fairness" in response.text
+
+
+def test_the_server_default_policy_applies_unless_a_request_says_none(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SHOPRANK_FAIRNESS", '{"policy": "group_cap", "cap": 3}')
+    client.app.state.pipeline.fairness = Settings().fairness  # type: ignore[attr-defined]
+    default = _search(client)
+    assert default["fairness"]["policy"] == "group_cap"
+    assert [hit["brand"] for hit in default["results"]].count("Acme") == 3
+    off = _search(client, fairness={"policy": "none"})
+    assert "fairness" not in off
+    assert [hit["brand"] for hit in off["results"]].count("Acme") == 6
+
+
+def test_amortized_exposure_shares_attention_across_repeated_queries(
+    client: TestClient,
+) -> None:
+    """Acme wins every slot of each single answer; over repeated queries small brands earn
+    some attention, and the policy hands it out without pushing Acme off the top."""
+    policy = {"policy": "amortized", "max_ndcg_loss": 0.3}
+    shown = []
+    for _ in range(4):
+        response = _search(client, fairness=policy)
+        shown.append(sum(hit["brand"] != "Acme" for hit in response["results"]))
+        assert response["results"][0]["brand"] == "Acme"
+        assert response["fairness"]["ndcg_loss"] <= 0.3
+    assert shown[0] == 0  # nothing owed yet: the first answer is the unconstrained one
+    assert sum(shown[1:]) > 0  # Acme's accumulated surplus lets small brands in later
