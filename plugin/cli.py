@@ -6,8 +6,9 @@ import hashlib
 import json
 import logging
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated, Any, NoReturn
 
 import typer
 from pydantic import ValidationError
@@ -34,7 +35,8 @@ from plugin.evaluate import (
     summary,
 )
 from plugin.export_cli import export_app
-from plugin.models import SearchRequest, SearchResponse
+from plugin.fairness_eval import FairnessSetup, fairness_setup
+from plugin.models import FairnessPolicy, SearchRequest, SearchResponse
 from plugin.pipeline import SearchPipeline
 from plugin.settings import Settings
 from plugin.tune_cli import tune_app
@@ -375,13 +377,29 @@ def evaluate(
         typer.Option("--tuned-encoder", help="Bi-encoder from `tune encoder` for the "
                      "tuned-vector stage (its own index is built on first use)."),
     ] = None,
+    fairness: Annotated[
+        str | None,
+        typer.Option(
+            "--fairness",
+            help="A fairness policy as JSON (the API's `fairness` body) or @FILE.json, e.g. "
+            '\'{"policy": "fair_topk", "protected_share_below": 0.005, "p": 0.3}\'. Each '
+            "stage's ranking is also reordered by it and reported: nDCG@k of the fair ranking "
+            "and its change against the unconstrained one [95% CI], FA*IR pass rate at the "
+            "policy's p and alpha, protected/other exposure ratio, AWRF (TREC Fair Ranking "
+            "2022, target p vs 1-p), p50/p95 latency of the fairness step. Here "
+            "protected_share_below is a share of the whole catalog's products (the API uses "
+            "the query's candidates); products without a brand are never protected by it.",
+        ),
+    ] = None,
     store: StoreOption = None,
     opensearch_url: UrlOption = None,
 ) -> None:
     """Score each stage on judged queries: nDCG@k (plain and judged-only), MRR@k, Recall@100,
-    judged@k, and each stage's nDCG change against the first with a paired-bootstrap 95% CI."""
+    judged@k, and each stage's nDCG change against the first with a paired-bootstrap 95% CI;
+    with --fairness, the same stages under a fairness policy next to them."""
     if not catalog.is_file():
         _fail(f"--catalog: file not found: {catalog}")
+    policy = None if fairness is None else _fairness_policy(fairness)
     stages = _stages(mode)
     if protocol not in ("full", "pool"):
         _fail(f"--protocol must be full or pool (got {protocol!r})")
@@ -409,6 +427,7 @@ def evaluate(
         _fail(str(e))
     if not _index_exists(settings):
         _reindex(settings, catalog, strict=False)
+    setup = None if policy is None else _fairness_setup(policy, catalog)
     try:
         pipeline = build_pipeline(settings)
         if "rerank" in stages and not pipeline.has_reranker:
@@ -424,7 +443,7 @@ def evaluate(
             pipeline, query_texts, judgments, stages,
             protocol=chosen_protocol, k=k, gains=gain_table,
             cross_validation=None if cv is None else CrossValidation(cv, cv_seed),
-            tuned_encoder=tuned,
+            tuned_encoder=tuned, fairness=setup,
         )
     except (IndexerError, RerankerError, PluginError) as e:
         _fail(str(e), code=1)
@@ -432,13 +451,58 @@ def evaluate(
     if run_out is not None:
         write_trec_run(chosen.run, run_out, tag=f"shoprank-{chosen.stage}")
     if as_json:
-        print(json.dumps({"index": settings.index, **summary(results, chosen_protocol)}, indent=2))
+        data = {"index": settings.index, **summary(results, chosen_protocol)}
+        if setup is not None:
+            data["fairness"] = {
+                "policy": setup.policy.model_dump(exclude_none=True), "protected": setup.rule,
+                "protected_groups": len(setup.protected),
+                "protected_share_of_catalog": round(setup.protected_share, 4),
+            }
+        print(json.dumps(data, indent=2))
     else:
         title = f"{catalog.parent.name}/{catalog.name}"
-        out.print(markdown(results, chosen_protocol, title), highlight=False, soft_wrap=True)
+        text = markdown(results, chosen_protocol, title, setup)
+        out.print(text, highlight=False, soft_wrap=True)
     skipped = results[0].report.skipped_queries
     if skipped:
         console.print(f"{len(skipped)} queries had no positive judgment: skipped")
+
+
+def _fairness_policy(text: str) -> FairnessPolicy:
+    """--fairness: JSON or @FILE, validated as the API validates a request's policy."""
+    source = "--fairness"
+    if text.startswith("@"):
+        source = f"--fairness {text}"
+        try:
+            text = Path(text[1:]).read_text(encoding="utf-8")
+        except OSError as e:
+            _fail(f"{source}: cannot read the file: {e}")
+    try:
+        policy = FairnessPolicy.model_validate_json(text)
+    except ValidationError as e:
+        _fail(f"{source}: invalid fairness policy: " + "; ".join(map(_problem, e.errors())))
+    if policy.policy == "none":
+        _fail(f"{source}: policy 'none' applies no fairness step: there is nothing to evaluate")
+    return policy
+
+
+def _problem(error: Mapping[str, Any]) -> str:
+    """One validation error as 'field: message (got value)'."""
+    where = ".".join(str(part) for part in error["loc"])
+    if not where:
+        return str(error["msg"])
+    got = error.get("input")
+    return f"{where}: {error['msg']}" + ("" if isinstance(got, dict) else f" (got {got!r})")
+
+
+def _fairness_setup(policy: FairnessPolicy, catalog: Path) -> FairnessSetup:
+    """Groups and protected groups over the whole catalog (invalid lines skipped, as reindex
+    skips them)."""
+    try:
+        products = load_catalog(catalog).products
+    except CatalogError as e:
+        _fail(str(e))
+    return fairness_setup(policy, products)
 
 
 def _tuned_encoder_pipeline(settings: Settings, catalog: Path, encoder: Path) -> SearchPipeline:

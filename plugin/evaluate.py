@@ -4,7 +4,9 @@
 - ``pool``: each stage only reorders the query's judged products (KDD Cup 2022 task 1 for
   ESCI), which isolates ranking quality from retrieval and unjudged products.
 
-Every stage is compared with the first one by a paired bootstrap over queries.
+Every stage is compared with the first one by a paired bootstrap over queries. With a fairness
+policy (`plugin.fairness_eval`) each stage's ranking is also reordered by the policy and the fair
+ranking is scored against the unconstrained one, on relevance and on fairness.
 """
 
 from __future__ import annotations
@@ -12,13 +14,14 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from indexer.fusion import reciprocal_rank_fusion
 from indexer.retrieval import Candidate
 from indexer.schema import Product, product_to_text
 from indexer.store import RetrievalMode, check_encoder
+from plugin.fairness_eval import FairnessSetup, StageFairness, evaluate_fairness, fairness_markdown
 from plugin.final_stage import (
     QueryCandidates,
     RetrievedLists,
@@ -28,7 +31,7 @@ from plugin.final_stage import (
     folds_of,
     retrieved_lists,
 )
-from plugin.models import MAX_K, MAX_QUERY_CHARS, SearchRequest
+from plugin.models import MAX_K, MAX_QUERY_CHARS, FairnessPolicy, SearchRequest
 from plugin.pipeline import SearchPipeline
 from reranker.evaluation import (
     EvalReport,
@@ -56,6 +59,10 @@ class StageResult:
     p50_ms: float
     versus_first: PairedDifference | None = None
     note: str = ""
+    #: The score that ordered each ranking (full protocol, stages that were not cross-validated).
+    scores: dict[str, list[float]] = field(default_factory=dict)
+    #: The ranking under the evaluated fairness policy, if one was given.
+    fairness: StageFairness | None = None
 
 
 @dataclass(frozen=True)
@@ -66,22 +73,28 @@ class CrossValidation:
     seed: int = 0
 
 
+#: Stages are scored unconstrained, also where the server has a default fairness policy.
+_NO_FAIRNESS = FairnessPolicy(policy="none")
+
+
 def _full_run(
     pipeline: SearchPipeline, queries: Mapping[str, str], stage: Stage
-) -> tuple[dict[str, list[str]], list[float]]:
+) -> tuple[dict[str, list[str]], list[float], dict[str, list[float]]]:
     mode: RetrievalMode = "hybrid" if stage in ("rerank", "final") else stage  # type: ignore[assignment]
     run: dict[str, list[str]] = {}
+    scores: dict[str, list[float]] = {}
     latencies = []
     for qid, text in queries.items():
         request = SearchRequest(
             query=text[:MAX_QUERY_CHARS], k=MAX_K, mode=mode,
             rerank=stage == "rerank" or (stage == "final" and pipeline.final_needs_rerank),
-            final=stage == "final",
+            final=stage == "final", fairness=_NO_FAIRNESS,
         )
         response = pipeline.search(request)
         run[qid] = [hit.id for hit in response.results]
+        scores[qid] = [hit.score for hit in response.results]
         latencies.append(response.timings_ms["total"])
-    return run, latencies
+    return run, latencies, scores
 
 
 def _pool_order(pool: Sequence[str], scores: Mapping[str, float]) -> list[str]:
@@ -214,6 +227,7 @@ def evaluate_stages(
     bootstrap_seed: int = 0,
     cross_validation: CrossValidation | None = None,
     tuned_encoder: SearchPipeline | None = None,
+    fairness: FairnessSetup | None = None,
 ) -> list[StageResult]:
     """Run and score each stage; stages after the first get a paired CI against it.
 
@@ -221,7 +235,8 @@ def evaluate_stages(
     per fold and each query is ranked by a model that never saw it; without it, ``final``
     uses the pipeline's own final stage and ``tuned-hybrid`` is refused. ``tuned-vector`` is
     vector retrieval through ``tuned_encoder``, a pipeline over an index that a tuned
-    bi-encoder wrote.
+    bi-encoder wrote. With ``fairness`` every stage's ranking is also reordered by its policy
+    and compared with the unconstrained one (`plugin.fairness_eval.evaluate_fairness`).
     """
     judged = {qid: qrels[qid] for qid in queries if qid in qrels}
     if any(stage != "bm25" for stage in stages):
@@ -233,6 +248,7 @@ def evaluate_stages(
         pipeline.encoder.clear_cache()  # every stage pays for its own query encoding
         note = ""
         latencies = [float("nan")]
+        scores: dict[str, list[float]] = {}
         if stage == "tuned-vector":
             if tuned_encoder is None:
                 raise ValueError("stage 'tuned-vector' needs a tuned encoder (--tuned-encoder)")
@@ -241,7 +257,7 @@ def evaluate_stages(
                 tuned_pools = _pools(tuned_encoder, queries, judged)
                 run, latencies = _pool_run(tuned_encoder, tuned_pools, "vector")
             else:
-                run, latencies = _full_run(tuned_encoder, queries, "vector")
+                run, latencies, scores = _full_run(tuned_encoder, queries, "vector")
         elif stage in CV_STAGES or (stage == "final" and cross_validation is not None):
             if cross_validation is None:
                 raise ValueError(f"stage {stage!r} is fitted on judgments: it needs --cv")
@@ -251,9 +267,16 @@ def evaluate_stages(
         elif pools is not None:
             run, latencies = _pool_run(pipeline, pools, stage)
         else:
-            run, latencies = _full_run(pipeline, queries, stage)
+            run, latencies, scores = _full_run(pipeline, queries, stage)
         report = evaluate_run(run, judged, k=k, candidates_depth=MAX_K, gains=gains)
-        results.append(StageResult(stage, run, report, statistics.median(latencies), note=note))
+        result = StageResult(stage, run, report, statistics.median(latencies), note=note,
+                             scores=scores)
+        if fairness is not None:
+            result.fairness = evaluate_fairness(
+                fairness, run, scores, judged, report, k=k, gains=gains,
+                bootstrap_seed=bootstrap_seed,
+            )
+        results.append(result)
     first = results[0].report.per_query
     for result in results[1:]:
         ndcg = {q: v["ndcg"] for q, v in result.report.per_query.items()}
@@ -278,11 +301,19 @@ def summary(results: Sequence[StageResult], protocol: EvalProtocol) -> dict[str,
             row[f"nDCG_vs_{first}"] = {
                 "mean": round(diff.mean, 4), "ci95": [round(diff.low, 4), round(diff.high, 4)]
             }
+        if result.fairness is not None:
+            row["fairness"] = result.fairness.summary()
         stages[result.stage] = row
     return {"protocol": protocol, "stages": stages}
 
 
-def markdown(results: Sequence[StageResult], protocol: EvalProtocol, title: str) -> str:
+def markdown(
+    results: Sequence[StageResult],
+    protocol: EvalProtocol,
+    title: str,
+    fairness: FairnessSetup | None = None,
+) -> str:
+    """The stages' relevance table, and with ``fairness`` the fair rankings' table."""
     k = results[0].report.k
     first = results[0].stage
     lines = [
@@ -303,4 +334,8 @@ def markdown(results: Sequence[StageResult], protocol: EvalProtocol, title: str)
     notes = [f"- {r.stage}: {r.note}" for r in results if r.note]
     if notes:
         lines += ["", *notes]
-    return "\n".join(lines) + "\n"
+    text = "\n".join(lines) + "\n"
+    if fairness is not None:
+        rows = [(r.stage, r.fairness) for r in results if r.fairness is not None]
+        text += "\n" + fairness_markdown(fairness, rows)
+    return text
