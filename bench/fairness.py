@@ -33,7 +33,7 @@ import dataclasses
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -78,13 +78,14 @@ def _with(setup: FairnessSetup, **policy: Any) -> FairnessSetup:
 
 
 def _measure(
-    setup: FairnessSetup, result: StageResult, qrels: Qrels, esci: bool, repeats: int
+    setup: FairnessSetup, result: StageResult, qrels: Qrels, esci: bool, repeats: int,
+    queries: Mapping[str, str],
 ) -> StageFairness:
     """The policy on ``result``'s ranking; latency: per query the median of ``repeats``
     timed runs, then p50/p95 over queries."""
     return evaluate_fairness(
         setup, result.run, result.scores, qrels, result.report, k=10,
-        gains=ESCI_GAINS if esci else None, repeats=repeats,
+        gains=ESCI_GAINS if esci else None, repeats=repeats, queries=queries,
     )
 
 
@@ -160,11 +161,13 @@ def bench_catalog(name: str, data: Path, args: argparse.Namespace) -> dict[str, 
     p_star, relevant = relevant_protected_share(base, qrels, 2 if esci else 1)
     p_star = round(p_star, 4)
     at_star = _with(base, p=p_star)
-    rows = {f"p* = {p_star}": _measure(at_star, final, qrels, esci, args.repeats)}
+    rows = {f"p* = {p_star}": _measure(at_star, final, qrels, esci, args.repeats, judged_queries)}
     for p in args.ps:
-        rows[f"{p:g}"] = _measure(_with(base, p=p), final, qrels, esci, args.repeats)
-    k100 = _measure(_with(at_star, k=100), final, qrels, esci, args.repeats)
-    reference = _measure(at_star, hybrid, qrels, esci, args.repeats)
+        rows[f"{p:g}"] = _measure(
+            _with(base, p=p), final, qrels, esci, args.repeats, judged_queries
+        )
+    k100 = _measure(_with(at_star, k=100), final, qrels, esci, args.repeats, judged_queries)
+    reference = _measure(at_star, hybrid, qrels, esci, args.repeats, judged_queries)
     star = rows[f"p* = {p_star}"]
     navigational = [
         qid for qid in final.report.per_query

@@ -274,7 +274,7 @@ def evaluate_stages(
         if fairness is not None:
             result.fairness = evaluate_fairness(
                 fairness, run, scores, judged, report, k=k, gains=gains,
-                bootstrap_seed=bootstrap_seed,
+                bootstrap_seed=bootstrap_seed, queries=queries,
             )
         results.append(result)
     first = results[0].report.per_query

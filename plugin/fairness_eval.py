@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from indexer.schema import Product
-from plugin.fairness_stage import post_processor
+from plugin.fairness_stage import named_group, post_processor
 from plugin.models import FairnessPolicy
 from reranker.evaluation import (
     EvalReport,
@@ -50,6 +50,7 @@ from reranker.fairness import (
     NO_GROUP,
     AmortizedExposure,
     FairnessItem,
+    FairnessResult,
     GroupKey,
     InMemoryExposureStore,
     field_of,
@@ -220,6 +221,7 @@ def fair_run(
     run: Mapping[str, Sequence[str]],
     scores: Mapping[str, Sequence[float]],
     k: int,
+    queries: Mapping[str, str] | None = None,
 ) -> tuple[dict[str, list[str]], list[float]]:
     """Each query's ranking reordered by the policy (queries in sorted order, which matters
     for ``amortized``), and the seconds each fairness step took.
@@ -236,7 +238,14 @@ def fair_run(
     try:
         for qid in sorted(run):
             start = time.perf_counter()
-            result = processor.rerank(_items(setup, run[qid], scores.get(qid)))
+            items = _items(setup, run[qid], scores.get(qid))
+            named = (
+                named_group(queries[qid], dict.fromkeys(item.group for item in items[:k]))
+                if setup.policy.exempt_named_groups and queries and qid in queries
+                else None
+            )
+            # As the search API does: a query that names a brand of its top k is left as ranked.
+            result = FairnessResult(tuple(items)) if named else processor.rerank(items)
             if isinstance(processor, AmortizedExposure):
                 processor.record(result.items)
             seconds.append(time.perf_counter() - start)
@@ -293,6 +302,7 @@ def evaluate_fairness(
     gains: Gains | None = None,
     bootstrap_seed: int = 0,
     repeats: int = 3,
+    queries: Mapping[str, str] | None = None,
 ) -> StageFairness:
     """Apply ``setup``'s policy to the scored queries of ``run`` (a stage's ranking, scored
     as ``unconstrained``) and compare the two rankings; the policy's k defaults to ``k``.
@@ -303,8 +313,10 @@ def evaluate_fairness(
     """
     top = setup.policy.k or k
     scored = {qid: run.get(qid, []) for qid in unconstrained.per_query}
-    fair, seconds = fair_run(setup, scored, scores, top)
-    timings = [seconds, *(fair_run(setup, scored, scores, top)[1] for _ in range(repeats - 1))]
+    fair, seconds = fair_run(setup, scored, scores, top, queries)
+    timings = [
+        seconds, *(fair_run(setup, scored, scores, top, queries)[1] for _ in range(repeats - 1))
+    ]
     report = evaluate_run(fair, qrels, k=k, candidates_depth=unconstrained.candidates_depth,
                           gains=gains)
 

@@ -9,9 +9,10 @@ this query's candidates. (A catalog-wide share needs a group count from the stor
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from indexer.analysis import analyze
 from indexer.schema import Product
 from plugin.models import FairnessPolicy, FairnessSummary
 from reranker.fairness import (
@@ -19,6 +20,7 @@ from reranker.fairness import (
     ExposureParity,
     ExposureStore,
     FairnessItem,
+    FairnessResult,
     FairTopK,
     GroupCap,
     Move,
@@ -51,6 +53,16 @@ def protected_groups(policy: FairnessPolicy, products: Sequence[Product]) -> fro
     return rare_groups(group_counts(products, _group_key(policy)), share)  # type: ignore[arg-type]
 
 
+def named_group(query: str, groups: Iterable[str]) -> str | None:
+    """The first of ``groups`` whose every word (as BM25 analyses it) is in ``query``."""
+    terms = set(analyze(query))
+    for group in groups:
+        words = analyze(group)
+        if words and set(words) <= terms:
+            return group
+    return None
+
+
 def post_processor(
     policy: FairnessPolicy, k: int, store: ExposureStore | None = None
 ) -> PostProcessor:
@@ -76,10 +88,12 @@ def apply_fairness(
     scores: Sequence[float],
     k: int,
     store: ExposureStore | None = None,
+    query: str | None = None,
 ) -> FairnessOutcome:
     """Reorder ``products`` (ranked, with the scores that ranked them) under ``policy``.
 
-    ``amortized`` reads the exposure ``store`` and records the order it returns there.
+    ``amortized`` reads the exposure ``store`` and records the order it returns there. With
+    ``query``, a query that names a group of the top k is exempt (`named_group`).
 
     Gains for the nDCG cost and for exposure targets are the scores over the best one when
     no score is negative (retrieval and cross-encoder scores), else min-max scaled to 0..1 (a
@@ -96,7 +110,18 @@ def apply_fairness(
         relevance = (score - low) / span if span > 0 else 1.0
         items.append(FairnessItem(str(index), group, score, group in protected, relevance))
     processor = post_processor(policy, k, store)
-    result = processor.rerank(items)
+    top = policy.k or k
+    named = (
+        named_group(query, dict.fromkeys(item.group for item in items[:top]))
+        if policy.exempt_named_groups and query
+        else None
+    )
+    if named is not None:
+        result = FairnessResult(
+            tuple(items), notes=(f"the query names {policy.field} {named!r}: left as ranked",)
+        )
+    else:
+        result = processor.rerank(items)
     if isinstance(processor, AmortizedExposure):
         processor.record(result.items)
     moves = {int(move.id): move for move in result.moves}

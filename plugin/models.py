@@ -41,6 +41,9 @@ class FairnessPolicy(BaseModel):
     max_ndcg_loss: float = Field(
         default=0.05, ge=0, le=1, description="amortized: the most nDCG@k one query may lose"
     )
+    #: A shopper who names a brand asked for it: a query holding every word of a group found
+    #: in the top k is left as ranked (the step says so).
+    exempt_named_groups: bool = True
 
     @model_validator(mode="after")
     def _protected_once(self) -> FairnessPolicy:

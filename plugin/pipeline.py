@@ -197,7 +197,7 @@ class SearchPipeline:
         if policy is not None and policy.policy != "none" and items:
             outcome = apply_fairness(
                 policy, [item.product for item in items], [item.score for item in items],
-                request.k, self.exposure_store,
+                request.k, self.exposure_store, request.query,
             )
             for index, move in outcome.moves.items():
                 items[index].fairness_move = (

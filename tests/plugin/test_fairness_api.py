@@ -22,7 +22,7 @@ from tests.conftest import make_product
 @pytest.fixture
 def client(tmp_path: Path) -> Iterator[TestClient]:
     """Twelve running shoes: nine from big brand Acme first, three from small brands."""
-    products = [make_product(f"a{i}", f"acme running shoes model {i}", brand="Acme")
+    products = [make_product(f"a{i}", f"running shoes model {i}", brand="Acme")
                 for i in range(9)]
     products += [make_product(f"s{i}", f"trail running shoes {name}", brand=name)
                  for i, name in enumerate(["Kestrel", "Wren", "Finch"])]
@@ -35,8 +35,8 @@ def client(tmp_path: Path) -> Iterator[TestClient]:
 
 
 def _search(client: TestClient, **body: Any) -> dict[str, Any]:
-    response = client.post("/search", json={"query": "acme running shoes", "k": 6,
-                                            "mode": "bm25", **body})
+    body = {"query": "running shoes model", "k": 6, "mode": "bm25", **body}
+    response = client.post("/search", json=body)
     assert response.status_code == 200, response.text
     result: dict[str, Any] = response.json()
     return result
@@ -62,6 +62,17 @@ def test_fair_topk_lifts_protected_brands_into_the_top_k_and_says_why(
     moved = [hit for hit in fair["results"] if hit["explanation"].get("fairness_move")]
     assert moved and all("moved from rank" in hit["explanation"]["fairness_move"]
                          for hit in moved)
+
+
+def test_a_query_that_names_a_brand_is_left_as_ranked(client: TestClient) -> None:
+    policy = {"policy": "fair_topk", "protected": ["Kestrel", "Wren", "Finch"], "p": 0.7}
+    named = _search(client, query="acme running shoes", fairness=policy)
+    assert [hit["brand"] for hit in named["results"]].count("Acme") == 6
+    assert named["fairness"]["moved"] == 0
+    assert "names brand 'Acme'" in named["fairness"]["notes"][0]
+    forced = _search(client, query="acme running shoes",
+                     fairness={**policy, "exempt_named_groups": False})
+    assert forced["fairness"]["moved"] > 0
 
 
 def test_group_cap_limits_one_brand_in_the_top_k(client: TestClient) -> None:
