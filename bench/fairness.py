@@ -214,7 +214,8 @@ def bench_catalog(name: str, data: Path, args: argparse.Namespace) -> dict[str, 
           for label, (count, plain, judged) in split.items()),
         "",
         f"Targets at p*: pass rate >= 0.95: {'met' if pass_ok else 'NOT met'} "
-        f"({_fmt(star.after.pass_rate)} over {star.tested} of {star.queries} queries); "
+        f"({_fmt(star.after.pass_rate)} over {star.tested} of {star.queries} queries, "
+        f"{star.exempt} exempt for naming a brand); "
         f"nDCG@10 loss <= 0.02: {'met' if loss <= 0.02 else 'NOT met'} ({loss:+.4f}, "
         f"judged-only {-star.versus_unconstrained_judged.mean:+.4f}); fairness step < 1 ms: "
         f"{'met' if latency_ok else 'NOT met'} (p95 {star.latency_p95_us:.0f} us at k=10, "

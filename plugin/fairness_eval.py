@@ -153,6 +153,8 @@ class StageFairness:
     after: FairnessMeasures
     #: Queries the pass rate counts: their candidates hold enough protected items to pass.
     tested: int
+    #: Queries left as ranked because they name a brand of their top k.
+    exempt: int
     queries: int
     #: Queries whose top k the policy changed.
     changed: int
@@ -182,6 +184,7 @@ class StageFairness:
             "unconstrained": measures(self.before),
             "fair": measures(self.after),
             "pass_rate_queries": self.tested,
+            "exempt_queries": self.exempt,
             "queries": self.queries,
             "queries_changed": self.changed,
             "latency_us": {"p50": round(self.latency_p50_us, 1),
@@ -222,7 +225,7 @@ def fair_run(
     scores: Mapping[str, Sequence[float]],
     k: int,
     queries: Mapping[str, str] | None = None,
-) -> tuple[dict[str, list[str]], list[float]]:
+) -> tuple[dict[str, list[str]], list[float], set[str]]:
     """Each query's ranking reordered by the policy (queries in sorted order, which matters
     for ``amortized``), and the seconds each fairness step took.
 
@@ -233,6 +236,7 @@ def fair_run(
     processor = post_processor(setup.policy, k, InMemoryExposureStore())
     reordered: dict[str, list[str]] = {}
     seconds = []
+    exempt = set()
     collecting = gc.isenabled()
     gc.disable()
     try:
@@ -246,6 +250,8 @@ def fair_run(
             )
             # As the search API does: a query that names a brand of its top k is left as ranked.
             result = FairnessResult(tuple(items)) if named else processor.rerank(items)
+            if named:
+                exempt.add(qid)
             if isinstance(processor, AmortizedExposure):
                 processor.record(result.items)
             seconds.append(time.perf_counter() - start)
@@ -253,14 +259,17 @@ def fair_run(
     finally:
         if collecting:
             gc.enable()
-    return reordered, seconds
+    return reordered, seconds, exempt
 
 
 def fairness_measures(
-    setup: FairnessSetup, run: Mapping[str, Sequence[str]], k: int
+    setup: FairnessSetup, run: Mapping[str, Sequence[str]], k: int,
+    exempt: Iterable[str] = (),
 ) -> tuple[FairnessMeasures, int]:
     """FA*IR pass rate, group exposure ratio and AWRF of ``run``'s top k (see the module
-    docstring), and how many queries the pass rate counts."""
+    docstring), and how many queries the pass rate counts. Queries the policy exempts (they
+    name a brand of their top k) are left out of the pass rate, not of exposure and AWRF."""
+    skip = set(exempt)
     if not setup.protected or not run:
         return FairnessMeasures(None, None, None), 0
     policy = setup.policy
@@ -269,14 +278,14 @@ def fairness_measures(
     exposure = dict.fromkeys((PROTECTED, OTHER), 0.0)
     sizes = dict.fromkeys((PROTECTED, OTHER), 0)
     fairness = []
-    for ranking in run.values():
+    for qid, ranking in run.items():
         labels = [PROTECTED if setup.groups.get(pid) in setup.protected else OTHER
                   for pid in ranking]
         top = min(k, len(labels))
         if top == 0:
             continue
         flags = [label == PROTECTED for label in labels]
-        if sum(flags) >= fair_table(top, policy.p, policy.alpha).minimum[-1]:
+        if qid not in skip and sum(flags) >= fair_table(top, policy.p, policy.alpha).minimum[-1]:
             tested.append(flags)
         for label, value in group_exposure(labels, k).items():
             exposure[label] += value
@@ -313,7 +322,7 @@ def evaluate_fairness(
     """
     top = setup.policy.k or k
     scored = {qid: run.get(qid, []) for qid in unconstrained.per_query}
-    fair, seconds = fair_run(setup, scored, scores, top, queries)
+    fair, seconds, exempt = fair_run(setup, scored, scores, top, queries)
     timings = [
         seconds, *(fair_run(setup, scored, scores, top, queries)[1] for _ in range(repeats - 1))
     ]
@@ -327,8 +336,8 @@ def evaluate_fairness(
             seed=bootstrap_seed,
         )
 
-    before, tested = fairness_measures(setup, scored, top)
-    after, _ = fairness_measures(setup, fair, top)
+    before, tested = fairness_measures(setup, scored, top, exempt)
+    after, _ = fairness_measures(setup, fair, top, exempt)
     micros = [statistics.median(query) * 1e6 for query in zip(*timings, strict=True)] or [0.0]
     return StageFairness(
         run=fair,
@@ -338,6 +347,7 @@ def evaluate_fairness(
         before=before,
         after=after,
         tested=tested,
+        exempt=len(exempt),
         queries=len(scored),
         changed=sum(list(scored[q][:top]) != fair[q][:top] for q in scored),
         latency_p50_us=statistics.median(micros),
@@ -378,7 +388,8 @@ def fairness_markdown(setup: FairnessSetup, rows: Sequence[tuple[str, StageFairn
         "",
         "Fairness measures read unconstrained -> fair. FA*IR pass rate: queries whose top k "
         "passes the adjusted table, among the tested queries (candidates holding enough "
-        "protected items). Exposure ratio: mean exposure per protected candidate over per "
+        "protected items; a query that names a brand of its top k is exempt and not tested). "
+        "Exposure ratio: mean exposure per protected candidate over per "
         "other candidate, pooled over queries. AWRF: TREC Fair Ranking 2022, protected/other "
         "against the target (p, 1 - p), over the top k.",
     ]
