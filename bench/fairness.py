@@ -168,6 +168,10 @@ def bench_catalog(name: str, data: Path, args: argparse.Namespace) -> dict[str, 
         )
     k100 = _measure(_with(at_star, k=100), final, qrels, esci, args.repeats, judged_queries)
     reference = _measure(at_star, hybrid, qrels, esci, args.repeats, judged_queries)
+    unexempt = _measure(
+        _with(at_star, exempt_named_groups=False), final, qrels, esci, args.repeats,
+        judged_queries,
+    )
     star = rows[f"p* = {p_star}"]
     navigational = [
         qid for qid in final.report.per_query
@@ -204,6 +208,7 @@ def bench_catalog(name: str, data: Path, args: argparse.Namespace) -> dict[str, 
         HEADER.replace("| p |", "| setting |"),
         _row(f"final, k=100 (p* = {p_star})", k100),
         _row(f"hybrid (RRF), k=10 (p* = {p_star})", reference),
+        _row(f"final, no query exempt for naming a brand (p* = {p_star})", unexempt),
         "",
         "nDCG@10 change at p* by query kind (a query names a big brand when all terms of an "
         "unprotected brand in its unconstrained top 10 are in the query):",
@@ -233,6 +238,7 @@ def bench_catalog(name: str, data: Path, args: argparse.Namespace) -> dict[str, 
                           "search_p50_ms": round(final.p50_ms, 2)},
         "curve": {label: row.summary() for label, row in rows.items()},
         "final_k100": k100.summary(), "hybrid_k10": reference.summary(),
+        "final_no_exemption": unexempt.summary(),
         "by_query_kind": {
             label: {"queries": count, "nDCG_change": round(plain.mean, 4),
                     "ci95": [round(plain.low, 4), round(plain.high, 4)],
