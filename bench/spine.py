@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.machine import cpu_model
 from indexer.catalog import load_catalog
 from indexer.encoder import BiEncoder
 from indexer.indexing import index_products
@@ -37,14 +38,7 @@ DEFAULT_QUERIES = Path(__file__).resolve().parents[1].parent / "shared/data/esci
 def machine() -> dict[str, Any]:
     import torch
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model()
     return {
         "cpu": cpu,
         "cores": os.cpu_count(),

@@ -52,6 +52,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from bench.machine import cpu_model
 from reranker.triton_contract import INPUTS, MODEL_NAME, OUTPUT
 
 if TYPE_CHECKING:
@@ -103,14 +104,7 @@ def gpus() -> list[dict[str, str]]:
 
 def machine() -> dict[str, Any]:
     """What the numbers were measured on; versions come from package metadata (no imports)."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model()
     return {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "cpu": cpu,

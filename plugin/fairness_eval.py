@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from indexer.schema import Product
-from plugin.fairness_stage import named_group, post_processor
+from plugin.fairness_stage import group_key, named_group, post_processor, relevance_of
 from plugin.models import FairnessPolicy
 from reranker.evaluation import (
     EvalReport,
@@ -51,24 +51,13 @@ from reranker.fairness import (
     AmortizedExposure,
     FairnessItem,
     FairnessResult,
-    GroupKey,
     InMemoryExposureStore,
-    field_of,
     group_of,
     rare_groups,
 )
 from reranker.fairness_metrics import awrf, fair_pass_rate, fair_table, group_exposure
 
 PROTECTED, OTHER = "protected", "other"
-
-
-def _top_category(product: object) -> object:
-    path = field_of(product, "category")
-    return path[0] if isinstance(path, list) and path else None
-
-
-def _group_key(policy: FairnessPolicy) -> GroupKey:
-    return _top_category if policy.field == "category" else policy.field
 
 
 @dataclass(frozen=True)
@@ -111,7 +100,7 @@ def fairness_setup(policy: FairnessPolicy, catalog: Iterable[Product]) -> Fairne
     """
     if policy.policy == "none":
         raise ValueError("policy 'none' applies no fairness step: there is nothing to evaluate")
-    key = _group_key(policy)
+    key = group_key(policy)
     groups = {product.id: group_of(product, key) for product in catalog}
     counts = Counter(groups.values())
     if policy.protected is not None:
@@ -205,16 +194,13 @@ def percentile(values: Sequence[float], q: float) -> float:
 def _items(
     setup: FairnessSetup, ids: Sequence[str], scores: Sequence[float] | None
 ) -> list[FairnessItem]:
-    # As the search API does: gains are the scores min-max scaled over the candidates. Stages
-    # without scores (cross-validated ones, the pool protocol) rank by position instead.
+    # Gains as the search API makes them (`relevance_of`). Stages without scores (cross-validated
+    # ones, the pool protocol) rank by position instead.
     if scores is None or len(scores) != len(ids):
         scores = [float(-rank) for rank in range(len(ids))]
-    low, high = min(scores, default=0.0), max(scores, default=0.0)
-    span = high - low
     items = []
-    for pid, score in zip(ids, scores, strict=True):
+    for pid, score, relevance in zip(ids, scores, relevance_of(scores), strict=True):
         group = setup.groups.get(pid, NO_GROUP)
-        relevance = (score - low) / span if span > 0 else 1.0
         items.append(FairnessItem(pid, group, score, group in setup.protected, relevance))
     return items
 

@@ -23,8 +23,10 @@ from reranker.fairness import (
     FairnessResult,
     FairTopK,
     GroupCap,
+    GroupKey,
     Move,
     PostProcessor,
+    field_of,
     group_counts,
     group_of,
     rare_groups,
@@ -38,10 +40,24 @@ class FairnessOutcome:
     summary: FairnessSummary
 
 
-def _group_key(policy: FairnessPolicy) -> object:
-    if policy.field == "category":
-        return lambda product: product.category[0] if product.category else None
-    return policy.field
+def _top_category(product: object) -> object:
+    path = field_of(product, "category")
+    return path[0] if isinstance(path, list) and path else None
+
+
+def group_key(policy: FairnessPolicy) -> GroupKey:
+    """Where the policy's groups come from: a product field, or the top-level category."""
+    return _top_category if policy.field == "category" else policy.field
+
+
+def relevance_of(scores: Sequence[float]) -> list[float]:
+    """Relevance for the nDCG cost and exposure targets: each score over the best one when no
+    score is negative (retrieval and cross-encoder scores), else min-max scaled to 0..1 (a
+    linear final stage's scores), so a gain keeps its ratio to the best where it has one."""
+    high = max(scores, default=0.0)
+    low = 0.0 if min(scores, default=0.0) >= 0 else min(scores)
+    span = high - low
+    return [(score - low) / span if span > 0 else 1.0 for score in scores]
 
 
 def protected_groups(policy: FairnessPolicy, products: Sequence[Product]) -> frozenset[str]:
@@ -50,7 +66,7 @@ def protected_groups(policy: FairnessPolicy, products: Sequence[Product]) -> fro
     share = policy.protected_share_below
     if share is None:
         return frozenset()
-    return rare_groups(group_counts(products, _group_key(policy)), share)  # type: ignore[arg-type]
+    return rare_groups(group_counts(products, group_key(policy)), share)
 
 
 def named_group(query: str, groups: Iterable[str]) -> str | None:
@@ -95,19 +111,15 @@ def apply_fairness(
     ``amortized`` reads the exposure ``store`` and records the order it returns there. With
     ``query``, a query that names a group of the top k is exempt (`named_group`).
 
-    Gains for the nDCG cost and for exposure targets are the scores over the best one when
-    no score is negative (retrieval and cross-encoder scores), else min-max scaled to 0..1 (a
-    linear final stage's scores), so a gain keeps its ratio to the best where it has one.
+    Relevance comes from `relevance_of`.
     """
-    high = max(scores, default=0.0)
-    low = 0.0 if min(scores, default=0.0) >= 0 else min(scores)
-    span = high - low
-    key = _group_key(policy)
+    key = group_key(policy)
     protected = protected_groups(policy, products)
     items = []
-    for index, (product, score) in enumerate(zip(products, scores, strict=True)):
-        group = group_of(product, key)  # type: ignore[arg-type]
-        relevance = (score - low) / span if span > 0 else 1.0
+    for index, (product, score, relevance) in enumerate(
+        zip(products, scores, relevance_of(scores), strict=True)
+    ):
+        group = group_of(product, key)
         items.append(FairnessItem(str(index), group, score, group in protected, relevance))
     processor = post_processor(policy, k, store)
     top = policy.k or k
