@@ -179,6 +179,10 @@ class LocalStore:
     def count(self) -> int:
         return len(self._state().products)
 
+    def brand_counts(self) -> dict[str, int]:
+        keys, counts = np.unique(self._state().brand_keys, return_counts=True)
+        return {str(key): int(count) for key, count in zip(keys, counts, strict=True)}
+
     def encoder_stamp(self) -> EncoderStamp | None:
         return EncoderStamp.from_meta(self._state().manifest.get(_ENCODER))
 

@@ -57,6 +57,8 @@ logger = logging.getLogger(__name__)
 _MAX_REPORTED_ERRORS = 10
 #: How long a read encoder stamp is trusted, so a per-query `check_encoder` costs no request.
 STAMP_RECHECK_SECONDS = 1.0
+#: The most distinct brands `brand_counts` reads (more are not counted).
+BRAND_BUCKETS = 50_000
 
 
 class OpenSearchStore:
@@ -160,6 +162,25 @@ class OpenSearchStore:
     def count(self) -> int:
         with self._translated("count documents"):
             return int(self.client.count(index=self.alias)["count"])
+
+    def brand_counts(self) -> dict[str, int]:
+        """A terms aggregation over the (lower-cased) brand keyword; products without a brand
+        count under ""."""
+        body = {
+            "size": 0,
+            "aggs": {
+                "brands": {"terms": {"field": "brand", "size": BRAND_BUCKETS}},
+                "none": {"missing": {"field": "brand"}},
+            },
+        }
+        with self._translated("count brands"):
+            response = self.client.search(index=self.alias, body=body)
+        aggregations = response["aggregations"]
+        counts = {str(bucket["key"]): int(bucket["doc_count"])
+                  for bucket in aggregations["brands"]["buckets"]}
+        if aggregations["none"]["doc_count"]:
+            counts[""] = counts.get("", 0) + int(aggregations["none"]["doc_count"])
+        return counts
 
     def get(self, product_id: str) -> Product | None:
         return self.get_many([product_id]).get(product_id)

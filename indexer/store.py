@@ -104,6 +104,13 @@ class VectorStore(Protocol):
 
     def count(self) -> int: ...
 
+    def brand_counts(self) -> dict[str, int]:
+        """Products per brand in the serving index, brands lower-cased ("" for none).
+
+        What fairness rules such as "brands below 1% of the catalog" are computed from.
+        """
+        ...
+
     def encoder_stamp(self) -> EncoderStamp | None:
         """The encoder that wrote the serving version; None if it predates encoder stamps."""
         ...

@@ -3,19 +3,21 @@
 The post-processors themselves live in `reranker.fairness`; this module builds one from a
 policy, hands it the ranked items, and returns them in the new order with each move's reason.
 Groups come from a product field (brand by default, or the top-level category). The protected
-groups are the policy's explicit list, or, by rule, the groups holding less than a share of
-this query's candidates. (A catalog-wide share needs a group count from the store: not yet.)
+groups are the policy's explicit list, or, by rule, the brands holding less than a share of
+the catalog (the store's `brand_counts`); for top-level categories the share is over the
+query's candidates.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from indexer.analysis import analyze
 from indexer.schema import Product
 from plugin.models import FairnessPolicy, FairnessSummary
 from reranker.fairness import (
+    NO_GROUP,
     AmortizedExposure,
     ExposureParity,
     ExposureStore,
@@ -60,13 +62,27 @@ def relevance_of(scores: Sequence[float]) -> list[float]:
     return [(score - low) / span if span > 0 else 1.0 for score in scores]
 
 
-def protected_groups(policy: FairnessPolicy, products: Sequence[Product]) -> frozenset[str]:
+def protected_groups(
+    policy: FairnessPolicy,
+    products: Sequence[Product],
+    catalog: Mapping[str, int] | None = None,
+) -> frozenset[str]:
+    """The protected groups, case-folded (names match as brand filters do: in any case).
+
+    By rule, a group's share is over ``catalog`` (products per lower-cased brand, from
+    `VectorStore.brand_counts`) when given and the groups are brands, else over ``products``;
+    products without a group are never protected by the rule.
+    """
     if policy.protected is not None:
-        return frozenset(policy.protected)
+        return frozenset(name.casefold() for name in policy.protected)
     share = policy.protected_share_below
     if share is None:
         return frozenset()
-    return rare_groups(group_counts(products, group_key(policy)), share)
+    if catalog is not None and policy.field == "brand":
+        counts = {name or NO_GROUP: count for name, count in catalog.items()}
+    else:
+        counts = group_counts(products, group_key(policy))
+    return frozenset(name.casefold() for name in rare_groups(counts, share) - {NO_GROUP})
 
 
 def named_group(query: str, groups: Iterable[str]) -> str | None:
@@ -105,22 +121,26 @@ def apply_fairness(
     k: int,
     store: ExposureStore | None = None,
     query: str | None = None,
+    catalog: Mapping[str, int] | None = None,
 ) -> FairnessOutcome:
     """Reorder ``products`` (ranked, with the scores that ranked them) under ``policy``.
 
     ``amortized`` reads the exposure ``store`` and records the order it returns there. With
-    ``query``, a query that names a group of the top k is exempt (`named_group`).
+    ``query``, a query that names a group of the top k is exempt (`named_group`). ``catalog``
+    gives the rule-based protection its catalog shares (`protected_groups`).
 
     Relevance comes from `relevance_of`.
     """
     key = group_key(policy)
-    protected = protected_groups(policy, products)
+    protected = protected_groups(policy, products, catalog)
     items = []
     for index, (product, score, relevance) in enumerate(
         zip(products, scores, relevance_of(scores), strict=True)
     ):
         group = group_of(product, key)
-        items.append(FairnessItem(str(index), group, score, group in protected, relevance))
+        items.append(
+            FairnessItem(str(index), group, score, group.casefold() in protected, relevance)
+        )
     processor = post_processor(policy, k, store)
     top = policy.k or k
     named = (
@@ -138,7 +158,8 @@ def apply_fairness(
         processor.record(result.items)
     moves = {int(move.id): move for move in result.moves}
     summary = FairnessSummary(
-        policy=policy.policy, protected_groups=sorted(protected), moved=len(moves),
+        policy=policy.policy, moved=len(moves),
+        protected_groups=sorted({item.group for item in items if item.protected}),
         satisfied=result.satisfied, ndcg_loss=round(result.ndcg_loss, 6),
         notes=list(result.notes),
     )

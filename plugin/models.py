@@ -62,7 +62,7 @@ class FairnessSummary(BaseModel):
     """What the fairness step did to this response."""
 
     policy: str
-    protected_groups: list[str]
+    protected_groups: list[str] = Field(description="the protected groups among the candidates")
     moved: int = Field(description="how many results changed rank")
     satisfied: bool = Field(description="false when the constraint could not be met")
     ndcg_loss: float = Field(description="nDCG@k lost against the order before it")

@@ -32,6 +32,9 @@ from reranker.ltr import LinearRanker
 
 logger = logging.getLogger(__name__)
 
+#: How long the catalog's brand counts (for rule-based fairness) are reused.
+BRAND_COUNTS_SECONDS = 60.0
+
 
 @dataclass
 class RankedItem:
@@ -112,6 +115,7 @@ class SearchPipeline:
         self.fairness: FairnessPolicy | None = None
         #: What `amortized` fairness remembers of recent queries' exposure.
         self.exposure_store: ExposureStore = InMemoryExposureStore()
+        self._brands: tuple[float, dict[str, int]] | None = None
         #: Event counters, served at GET /metrics.
         self.counters: Counter[str] = Counter()
         self._counters_lock = threading.Lock()
@@ -124,6 +128,14 @@ class SearchPipeline:
     def final_needs_rerank(self) -> bool:
         ranker = self.final_ranker
         return ranker is not None and CROSS_ENCODER_FEATURE in ranker.feature_names
+
+    def _brand_counts(self) -> dict[str, int]:
+        """The catalog's products per brand, read again at most every `BRAND_COUNTS_SECONDS`."""
+        cached = self._brands
+        if cached is None or time.monotonic() - cached[0] > BRAND_COUNTS_SECONDS:
+            cached = (time.monotonic(), self.store.brand_counts())
+            self._brands = cached
+        return cached[1]
 
     def count(self, name: str) -> None:
         with self._counters_lock:
@@ -198,6 +210,7 @@ class SearchPipeline:
             outcome = apply_fairness(
                 policy, [item.product for item in items], [item.score for item in items],
                 request.k, self.exposure_store, request.query,
+                self._brand_counts() if policy.protected_share_below is not None else None,
             )
             for index, move in outcome.moves.items():
                 items[index].fairness_move = (

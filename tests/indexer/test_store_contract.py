@@ -217,3 +217,8 @@ def test_an_index_without_a_stamp_counts_as_the_packaged_encoder(
     check_encoder(store, BiEncoder())
     with pytest.raises(EncoderMismatchError, match="packaged all-MiniLM-L6-v2"):
         check_encoder(store, BiEncoder(fake_model(tmp_path / "other")))
+
+
+def test_brand_counts_cover_the_catalog_in_lower_case(store: VectorStore) -> None:
+    # tiny_products: Acme x3, Bolt x2, one without a brand
+    assert store.brand_counts() == {"acme": 3, "bolt": 2, "": 1}

@@ -81,9 +81,17 @@ def test_group_cap_limits_one_brand_in_the_top_k(client: TestClient) -> None:
     assert capped["fairness"]["satisfied"]
 
 
-def test_protected_by_rule_is_the_rare_groups_of_the_candidates(client: TestClient) -> None:
-    fair = _search(client, fairness={"policy": "fair_topk", "protected_share_below": 0.2})
+def test_protected_by_rule_is_the_rare_brands_of_the_catalog(client: TestClient) -> None:
+    # Acme holds 9 of the 12 products, each small brand 1 (8%): below 10%, not below 5%.
+    fair = _search(client, fairness={"policy": "fair_topk", "protected_share_below": 0.1})
     assert fair["fairness"]["protected_groups"] == ["Finch", "Kestrel", "Wren"]
+    none = _search(client, fairness={"policy": "fair_topk", "protected_share_below": 0.05})
+    assert none["fairness"]["protected_groups"] == [] and none["fairness"]["moved"] == 0
+
+
+def test_protected_names_match_in_any_case(client: TestClient) -> None:
+    fair = _search(client, fairness={"policy": "fair_topk", "protected": ["kestrel"], "p": 0.5})
+    assert fair["fairness"]["protected_groups"] == ["Kestrel"]
 
 
 @pytest.mark.parametrize(("fairness", "problem"), [
