@@ -69,7 +69,7 @@ def relevant_protected_share(
         pid for judgments in qrels.values() for pid, grade in judgments.items()
         if grade >= min_grade and pid in setup.groups
     ]
-    protected = sum(setup.groups[pid] in setup.protected for pid in relevant)
+    protected = sum(setup.is_protected(setup.groups[pid]) for pid in relevant)
     return protected / max(1, len(relevant)), len(relevant)
 
 
@@ -115,7 +115,10 @@ def names_a_big_brand(setup: FairnessSetup, query: str, top: Sequence[str]) -> b
     ``top``, as the final stage's ``brand_in_query`` feature reads a brand: the shopper asked
     for a big brand, which FA*IR then pushes down."""
     terms = set(analyze(query))
-    brands = {setup.groups.get(pid, NO_GROUP) for pid in top} - setup.protected - {NO_GROUP}
+    brands = {
+        group for group in (setup.groups.get(pid, NO_GROUP) for pid in top)
+        if not setup.is_protected(group) and group != NO_GROUP
+    }
     return any(set(analyze(brand)) <= terms for brand in brands if analyze(brand))
 
 

@@ -387,8 +387,8 @@ def evaluate(
             "and its change against the unconstrained one [95% CI], FA*IR pass rate at the "
             "policy's p and alpha, protected/other exposure ratio, AWRF (TREC Fair Ranking "
             "2022, target p vs 1-p), p50/p95 latency of the fairness step. Here "
-            "protected_share_below is a share of the whole catalog's products (the API uses "
-            "the query's candidates); products without a brand are never protected by it.",
+            "protected_share_below is a share of the whole catalog's products, as in the API; "
+            "products without a brand are never protected by it.",
         ),
     ] = None,
     store: StoreOption = None,

@@ -14,6 +14,7 @@ from plugin.pipeline import SearchPipeline
 from plugin.settings import Settings
 from reranker.base import NoReranker, Reranker
 from reranker.cross_encoder import InProcessCrossEncoder
+from reranker.errors import RerankerError
 from reranker.fairness import InMemoryExposureStore
 from reranker.ltr import LinearRanker
 
@@ -43,10 +44,13 @@ def build_reranker(settings: Settings) -> Reranker:
     if settings.reranker == "triton":
         from reranker.triton import TritonReranker
 
-        return TritonReranker(
-            settings.triton_url, checkpoint=settings.reranker_checkpoint,
-            timeout_seconds=settings.triton_timeout_seconds,
-        )
+        try:
+            return TritonReranker(
+                settings.triton_url, checkpoint=settings.reranker_checkpoint,
+                timeout_seconds=settings.triton_timeout_seconds,
+            )
+        except RerankerError as e:
+            raise PluginError(f"reranker triton: {e}") from e
     if settings.reranker_checkpoint is None:
         raise PluginError(
             "reranker 'cross-encoder' needs a checkpoint folder "

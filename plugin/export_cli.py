@@ -6,6 +6,7 @@ Registered in `plugin.cli` with ``app.add_typer(export_app, name="export")``.
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 from typing import Annotated
 
@@ -54,14 +55,20 @@ def export_reranker_command(
     if not load:
         return
     url = triton_url or Settings().triton_url
-    client = TritonReranker(url)
+    client = TritonReranker(url, timeout_seconds=5)
     try:
-        client.load()
+        if not client.live():
+            out.print(f"no Triton answers at {url}: a server started on {repository} "
+                      "(scripts/triton start) serves the newest version.")
+            return
+        try:
+            client.load(exported.version)
+        except RerankerError as e:
+            # A version the server cannot load must not stay the newest, or the next start
+            # fails on it.
+            shutil.rmtree(exported.folder, ignore_errors=True)
+            _fail(f"Triton at {url} could not serve version {exported.version}, so it was "
+                  f"removed again: {e}", code=1)
         out.print(f"Triton at {url} now serves version {exported.version}")
-    except RerankerError as e:
-        out.print(
-            f"not loaded: {e}. A server started on {repository} "
-            "(scripts/triton start) serves the newest version."
-        )
     finally:
         client.close()

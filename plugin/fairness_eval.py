@@ -20,8 +20,8 @@ unconstrained one on relevance and on fairness:
   paused, as `timeit` does.
 
 Protected groups are the policy's ``protected`` list or, with ``protected_share_below``, the
-groups holding less than that share of the whole catalog's products (the search API measures
-the share over the query's candidates instead). Products without a value in the group field
+groups holding less than that share of the whole catalog's products, matched case-folded as
+the search API matches them. Products without a value in the group field
 (`reranker.fairness.NO_GROUP`) are never protected by the rule; list "(none)" to protect them.
 """
 
@@ -69,10 +69,14 @@ class FairnessSetup:
 
     policy: FairnessPolicy
     groups: Mapping[str, str]
+    #: Case-folded, as the search API matches them (`is_protected`).
     protected: frozenset[str]
     rule: str
     #: Share of the catalog's products in a protected group.
     protected_share: float
+
+    def is_protected(self, group: str | None) -> bool:
+        return group is not None and group.casefold() in self.protected
 
     def describe(self) -> str:
         """The policy and the protected groups in one line, for reports."""
@@ -102,9 +106,11 @@ def fairness_setup(policy: FairnessPolicy, catalog: Iterable[Product]) -> Fairne
         raise ValueError("policy 'none' applies no fairness step: there is nothing to evaluate")
     key = group_key(policy)
     groups = {product.id: group_of(product, key) for product in catalog}
-    counts = Counter(groups.values())
+    # Counted and matched case-folded, as the search API does (brands "ACME" and "Acme" are
+    # one brand there: its store counts lower-cased brand keys).
+    counts = Counter(group.casefold() for group in groups.values())
     if policy.protected is not None:
-        protected = frozenset(policy.protected)
+        protected = frozenset(name.casefold() for name in policy.protected)
         rule = f"{len(protected)} listed {policy.field} group(s)"
     elif policy.protected_share_below is not None:
         protected = rare_groups(counts, policy.protected_share_below) - {NO_GROUP}
@@ -201,7 +207,7 @@ def _items(
     items = []
     for pid, score, relevance in zip(ids, scores, relevance_of(scores), strict=True):
         group = setup.groups.get(pid, NO_GROUP)
-        items.append(FairnessItem(pid, group, score, group in setup.protected, relevance))
+        items.append(FairnessItem(pid, group, score, setup.is_protected(group), relevance))
     return items
 
 
@@ -265,7 +271,7 @@ def fairness_measures(
     sizes = dict.fromkeys((PROTECTED, OTHER), 0)
     fairness = []
     for qid, ranking in run.items():
-        labels = [PROTECTED if setup.groups.get(pid) in setup.protected else OTHER
+        labels = [PROTECTED if setup.is_protected(setup.groups.get(pid)) else OTHER
                   for pid in ranking]
         top = min(k, len(labels))
         if top == 0:

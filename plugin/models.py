@@ -31,7 +31,8 @@ class FairnessPolicy(BaseModel):
     protected: list[Annotated[str, StringConstraints(min_length=1, max_length=200)]] | None = (
         Field(default=None, max_length=1000)
     )
-    #: ... or by rule: groups with less than this share of the query's candidates.
+    #: ... or by rule: brands with less than this share of the catalog (categories: of the
+    #: query's candidates).
     protected_share_below: float | None = Field(default=None, gt=0, lt=1)
     p: float = Field(default=0.3, gt=0, lt=1, description="FA*IR target protected proportion")
     alpha: float = Field(default=0.1, gt=0, lt=1, description="FA*IR significance level")
@@ -53,7 +54,7 @@ class FairnessPolicy(BaseModel):
         if self.policy == "fair_topk" and not given:
             raise ValueError(
                 "policy fair_topk needs the protected groups: protected (a list of names) "
-                "or protected_share_below (a share of the candidates, 0-1)"
+                "or protected_share_below (a share of the catalog, 0-1)"
             )
         return self
 

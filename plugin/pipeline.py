@@ -208,7 +208,7 @@ class SearchPipeline:
         policy = request.fairness or self.fairness
         if policy is not None and policy.policy != "none" and items:
             outcome = apply_fairness(
-                policy, [item.product for item in items], [item.score for item in items],
+                policy, [item.product for item in items], _fairness_scores(items),
                 request.k, self.exposure_store, request.query,
                 self._brand_counts() if policy.protected_share_below is not None else None,
             )
@@ -265,6 +265,20 @@ class SearchPipeline:
             item.final = float(score)
             item.features = tuple(float(value) for value in row)
         return sorted(items, key=lambda item: (-(item.final or 0.0), item.retrieval_rank))
+
+
+def _fairness_scores(items: Sequence[RankedItem]) -> list[float]:
+    """One scale for the fairness step's relevance: past the rerank window, where items keep
+    their retrieval score, each counts as the window's lowest cross-encoder score."""
+    scores = [item.score for item in items]
+    reranked = [item.rerank for item in items if item.final is None and item.rerank is not None]
+    if reranked:
+        floor = min(reranked)
+        scores = [
+            item.score if item.final is not None or item.rerank is not None else floor
+            for item in items
+        ]
+    return scores
 
 
 def _final_name(ranker: LinearRanker | None) -> str:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from indexer.settings import IndexerSettings
@@ -41,8 +42,22 @@ class Settings(BaseSettings):
     #: The fairness policy of searches that do not name one, as JSON in the environment
     #: (SHOPRANK_FAIRNESS='{"policy": "group_cap", "cap": 3}'); unset: none.
     fairness: FairnessPolicy | None = None
+
+    @field_validator("fairness", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: object) -> object:
+        """An empty SHOPRANK_FAIRNESS (how env files unset a variable) means no policy; other
+        text must be a JSON object."""
+        if not isinstance(value, str):
+            return value
+        if not value.strip():
+            return None
+        try:
+            return json.loads(value)
+        except ValueError as e:
+            raise ValueError(f"SHOPRANK_FAIRNESS is not valid JSON ({e}): {value!r}") from e
     #: How many recent queries `amortized` fairness balances exposure over.
-    fairness_window: int = Field(default=500, ge=1, le=100_000)
+    fairness_window: int = Field(default=500, ge=1, le=5_000)
     #: Key for the admin endpoints (PUT/DELETE /products); unset disables them.
     admin_api_key: SecretStr | None = None
     indexer: IndexerSettings = Field(default_factory=IndexerSettings)

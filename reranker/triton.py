@@ -112,7 +112,12 @@ class TritonReranker:
             raise RerankerError(
                 f"max_length {self.max_length} is outside 1..{MAX_SEQUENCE_LENGTH}"
             )
-        self.url = url.removeprefix("http://")
+        scheme, _, rest = url.rpartition("://")
+        if scheme not in ("", "http") or not rest:
+            raise RerankerError(
+                f"Triton URL {url!r}: give http://host:port (https is not supported yet)"
+            )
+        self.url = rest
         self.model_name = model_name
         self.timeout_seconds = timeout_seconds
         self.breaker = breaker or CircuitBreaker()
@@ -161,7 +166,8 @@ class TritonReranker:
             for start in range(0, len(texts), MAX_PAIRS):
                 tensors = self.encode(query, texts[start : start + MAX_PAIRS])
                 scores += self._run(self._infer(tensors))
-        except RerankerUnavailableError:
+        except BaseException:
+            # Whatever went wrong, a half-open trial is over: never leave the breaker stuck.
             self.breaker.failed()
             raise
         self.breaker.succeeded()
@@ -169,6 +175,9 @@ class TritonReranker:
 
     def _run(self, call: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
         timeout = timeout or self.timeout_seconds
+        if self._loop.is_closed():
+            call.close()
+            raise RerankerUnavailableError(f"reranker {self.name} is closed")
         future = asyncio.run_coroutine_threadsafe(call, self._loop)
         try:
             return future.result(timeout=timeout)
@@ -219,12 +228,32 @@ class TritonReranker:
         except RerankerUnavailableError:
             return False
 
-    def load(self, timeout_seconds: float = 120.0) -> None:
-        """Ask the server to (re)load the model: picks up a newly exported version."""
-        async def load() -> None:
-            await self._connection().load_model(self.model_name)
+    def live(self) -> bool:
+        """Whether the server answers at all (never raises)."""
 
-        self._run(load(), timeout_seconds)
+        async def check() -> bool:
+            return bool(await self._connection().is_server_live())
+
+        try:
+            return self._run(check())
+        except RerankerUnavailableError:
+            return False
+
+    def load(self, version: int | None = None, timeout_seconds: float = 120.0) -> None:
+        """Ask the server to (re)load the model, which picks up a newly exported version; with
+        ``version``, fail unless that version is ready afterwards."""
+
+        async def load() -> bool:
+            client = self._connection()
+            await client.load_model(self.model_name)
+            wanted = "" if version is None else str(version)
+            return bool(await client.is_model_ready(self.model_name, wanted))
+
+        if not self._run(load(), timeout_seconds):
+            raise RerankerUnavailableError(
+                f"the server loaded {self.model_name} but version {version} is not ready: "
+                "is it serving another model repository, or a newer version?"
+            )
 
     def close(self) -> None:
         if self._loop.is_closed():

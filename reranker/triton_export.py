@@ -9,9 +9,11 @@ version. Triton's model control then loads it without a restart (`TritonReranker
 
 from __future__ import annotations
 
+import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from reranker.cross_encoder import ADAPTER_CONFIG, ADAPTER_WEIGHTS, read_model_card
 from reranker.errors import CheckpointError
@@ -26,8 +28,17 @@ class ExportedVersion:
     size_bytes: int
 
 
+def _json(path: Path) -> dict[str, Any]:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"unreadable {path}: {e}") from e
+    return value if isinstance(value, dict) else {}
+
+
 def check_checkpoint(checkpoint: Path) -> str:
-    """``"lora"`` or ``"full"``; refuses a folder that is neither, naming what is missing."""
+    """``"lora"`` or ``"full"`` for a cross-encoder (one relevance logit); refuses anything
+    else, e.g. a bi-encoder artifact from `tune encoder`, naming what is wrong."""
     if (checkpoint / ADAPTER_CONFIG).is_file():
         if not (checkpoint / ADAPTER_WEIGHTS).is_file():
             raise CheckpointError(f"LoRA artifact {checkpoint} lacks {ADAPTER_WEIGHTS}")
@@ -36,8 +47,22 @@ def check_checkpoint(checkpoint: Path) -> str:
                 f"LoRA artifact {checkpoint} has no model card: it was not written by "
                 "'shoprank tune reranker'"
             )
+        task = _json(checkpoint / ADAPTER_CONFIG).get("task_type")
+        if task != "SEQ_CLS":
+            raise CheckpointError(
+                f"{checkpoint} is a LoRA artifact for {task!r}, not a cross-encoder (SEQ_CLS): "
+                "export the output of 'shoprank tune reranker'"
+            )
         return "lora"
     if (checkpoint / "config.json").is_file():
+        config = _json(checkpoint / "config.json")
+        labels = len(config.get("id2label") or {}) or config.get("num_labels", 0)
+        architectures = config.get("architectures") or []
+        if labels != 1 or not any("SequenceClassification" in a for a in architectures):
+            raise CheckpointError(
+                f"{checkpoint} is not a one-label cross-encoder (architectures {architectures}, "
+                f"{labels} labels)"
+            )
         return "full"
     raise CheckpointError(
         f"--checkpoint {checkpoint}: no config.json (full checkpoint) and no {ADAPTER_CONFIG} "

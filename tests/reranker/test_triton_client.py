@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import time
 from pathlib import Path
@@ -12,10 +13,11 @@ from indexer.indexing import index_products
 from indexer.local_store import LocalStore
 from plugin.models import SearchRequest
 from plugin.pipeline import SearchPipeline
-from reranker.errors import CheckpointError, RerankerUnavailableError
+from reranker.errors import CheckpointError, RerankerError, RerankerUnavailableError
 from reranker.triton import CircuitBreaker, TritonReranker
 from reranker.triton_contract import CHECKPOINT_DIR, MODEL_FILE, MODEL_NAME
 from reranker.triton_export import export_reranker
+from tests.conftest import REPO
 
 
 def _dead_url() -> str:
@@ -101,7 +103,9 @@ def _repository(tmp_path: Path) -> Path:
 def _full_checkpoint(tmp_path: Path) -> Path:
     checkpoint = tmp_path / "ce"
     checkpoint.mkdir()
-    (checkpoint / "config.json").write_text("{}")
+    (checkpoint / "config.json").write_text(json.dumps(
+        {"architectures": ["BertForSequenceClassification"], "id2label": {"0": "LABEL_0"}}
+    ))
     return checkpoint
 
 
@@ -124,6 +128,14 @@ def test_export_refuses_what_is_not_a_checkpoint_or_a_repository(tmp_path: Path)
     repository = _repository(tmp_path)
     with pytest.raises(CheckpointError, match=r"no config\.json"):
         export_reranker(tmp_path, repository)
+    encoder = REPO / "plugin" / "artifacts" / "encoder-esci-us"  # a bi-encoder LoRA artifact
+    with pytest.raises(CheckpointError, match="not a cross-encoder"):
+        export_reranker(encoder, repository)
     with pytest.raises(CheckpointError, match="not a shoprank model repository"):
         export_reranker(_full_checkpoint(tmp_path), tmp_path / "elsewhere")
     assert not (repository / MODEL_NAME / "1").exists()
+
+
+def test_a_url_with_another_scheme_is_refused_at_once() -> None:
+    with pytest.raises(RerankerError, match="give http://host:port"):
+        TritonReranker("https://127.0.0.1:8000")

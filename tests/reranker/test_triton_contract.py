@@ -40,10 +40,19 @@ def test_config_matches_the_contract(config: Path) -> None:
     assert _tensors(text, "output") == [(OUTPUT.name, OUTPUT.dtype, OUTPUT.dims)]
 
 
+def _without_device(text: str) -> str:
+    """The config less comments, its instance group and its precision parameter."""
+    text = re.sub(r"#[^\n]*", "", text)
+    text = re.sub(r"instance_group\s*\[.*?\]", "", text, flags=re.S)
+    text = re.sub(r'parameters:?\s*\{\s*key:\s*"precision".*?\}\s*\}', "", text, flags=re.S)
+    return " ".join(text.split())
+
+
 def test_the_variants_differ_only_where_a_gpu_needs_it() -> None:
     cpu, gpu = (path.read_text(encoding="utf-8") for path in CONFIGS)
     assert "KIND_CPU" in cpu and "KIND_GPU" in gpu
     assert re.search(r'key:\s*"precision".*?string_value:\s*"fp16"', gpu, re.S)
+    assert _without_device(cpu) == _without_device(gpu)
 
 
 def test_the_model_template_exists_beside_its_config() -> None:

@@ -35,8 +35,11 @@ from tests.conftest import REPO, demo_slice
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-TRITON_URL = os.environ.get("SHOPRANK_TRITON_URL", "http://127.0.0.1:8000")
-REPOSITORY = Path(os.environ.get("SHOPRANK_TRITON_REPOSITORY", REPO / "triton_models"))
+# scripts/test starts a server of their own for these tests, on a scratch repository.
+TRITON_URL = os.environ.get("SHOPRANK_TRITON_URL", "http://127.0.0.1:18000")
+REPOSITORY = Path(
+    os.environ.get("SHOPRANK_TRITON_REPOSITORY", REPO / ".cache" / "triton-test" / "models")
+)
 
 
 @pytest.fixture(scope="module")
