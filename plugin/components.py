@@ -15,7 +15,7 @@ from plugin.settings import Settings
 from reranker.base import NoReranker, Reranker
 from reranker.cross_encoder import InProcessCrossEncoder
 from reranker.errors import RerankerError
-from reranker.fairness import InMemoryExposureStore
+from reranker.exposure_store import InMemoryExposureStore
 from reranker.ltr import LinearRanker
 
 #: Tuned artifacts that ship with the package (see README, "Tuned defaults").

@@ -46,12 +46,12 @@ from reranker.evaluation import (
     evaluate_run,
     paired_bootstrap,
 )
+from reranker.exposure_store import InMemoryExposureStore
 from reranker.fairness import (
     NO_GROUP,
     AmortizedExposure,
     FairnessItem,
     FairnessResult,
-    InMemoryExposureStore,
     group_of,
     rare_groups,
 )

@@ -26,7 +26,8 @@ from plugin.models import (
 )
 from reranker.base import NoReranker, Reranker
 from reranker.errors import RerankerUnavailableError
-from reranker.fairness import ExposureStore, InMemoryExposureStore
+from reranker.exposure_store import InMemoryExposureStore
+from reranker.fairness import ExposureStore
 from reranker.features import CROSS_ENCODER_FEATURE, stage_features
 from reranker.ltr import LinearRanker
 

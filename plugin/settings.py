@@ -57,7 +57,7 @@ class Settings(BaseSettings):
         except ValueError as e:
             raise ValueError(f"SHOPRANK_FAIRNESS is not valid JSON ({e}): {value!r}") from e
     #: How many recent queries `amortized` fairness balances exposure over.
-    fairness_window: int = Field(default=500, ge=1, le=5_000)
+    fairness_window: int = Field(default=500, ge=1, le=100_000)
     #: Key for the admin endpoints (PUT/DELETE /products); unset disables them.
     admin_api_key: SecretStr | None = None
     indexer: IndexerSettings = Field(default_factory=IndexerSettings)

@@ -17,7 +17,6 @@ Items are plain `FairnessItem`s so the module knows nothing of products or index
 
 from __future__ import annotations
 
-import threading
 from collections import Counter, deque
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -388,7 +387,8 @@ class ExposureStore(Protocol):
     """Where `AmortizedExposure` keeps what each group received over the last W queries.
 
     ``key`` separates policies (or shops). Values are plain floats per group so a remote store
-    (Redis) can keep each query's record as JSON; the in-process twin is `InMemoryExposureStore`.
+    (Redis) can keep each query's record as JSON; the in-process twin is
+    `reranker.exposure_store.InMemoryExposureStore`.
     """
 
     def get(self, key: str) -> ExposureTotals: ...
@@ -396,33 +396,6 @@ class ExposureStore(Protocol):
     def update(
         self, key: str, exposure: Mapping[str, float], relevance: Mapping[str, float]
     ) -> None: ...
-
-
-class InMemoryExposureStore:
-    """The last ``window`` queries' records per key, in process memory.
-
-    `get` sums the window each time: exact, and O(window x groups per query), which is cheap for
-    windows of hundreds of queries. Thread-safe, for handlers run in a thread pool.
-    """
-
-    def __init__(self, window: int = 500) -> None:
-        if window < 1:
-            raise ValueError(f"InMemoryExposureStore: window must be at least 1, got {window}")
-        self.window = window
-        self._records: dict[str, deque[ExposureTotals]] = {}
-        self._lock = threading.Lock()
-
-    def get(self, key: str) -> ExposureTotals:
-        with self._lock:
-            records = list(self._records.get(key, ()))
-        return sum_totals(records)
-
-    def update(
-        self, key: str, exposure: Mapping[str, float], relevance: Mapping[str, float]
-    ) -> None:
-        with self._lock:
-            records = self._records.setdefault(key, deque(maxlen=self.window))
-            records.append(ExposureTotals(dict(exposure), dict(relevance), 1))
 
 
 @dataclass(frozen=True)

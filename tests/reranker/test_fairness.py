@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from reranker.exposure_store import InMemoryExposureStore
 from reranker.fairness import (
     NO_GROUP,
     AmortizedExposure,
@@ -18,7 +19,6 @@ from reranker.fairness import (
     FairnessResult,
     FairTopK,
     GroupCap,
-    InMemoryExposureStore,
     PostProcessor,
     group_counts,
     make_items,
@@ -399,3 +399,16 @@ def test_amortized_exposure_properties(
         after = sum_totals([store.get("default"), fair.query_totals(result.items)])
         assert amortized_unfairness(after) <= amortized_unfairness(before) + 1e-9
         fair.record(result.items)
+
+
+def test_in_memory_store_keeps_running_sums_of_its_window() -> None:
+    store = InMemoryExposureStore(window=3)
+    records = [({"a": 1.0, "b": 0.5}, {"a": 0.2}), ({"b": 1.0}, {"b": 0.7}),
+               ({"a": 0.25}, {"a": 0.1, "c": 0.4}), ({"c": 2.0}, {"c": 1.0})]
+    for exposure, relevance in records:
+        store.update("k", exposure, relevance)
+    totals = store.get("k")  # the first record has left the window
+    assert totals.queries == 3
+    assert totals.exposure == pytest.approx({"a": 0.25, "b": 1.0, "c": 2.0})
+    assert totals.relevance == pytest.approx({"a": 0.1, "b": 0.7, "c": 1.4})
+    assert store.get("other").queries == 0
