@@ -1,9 +1,17 @@
-"""What a benchmark ran on: the processor's name, read without importing anything heavy."""
+"""What every benchmark shares and that imports nothing heavy: the processor's name and the
+percentile rule."""
 
 from __future__ import annotations
 
 import platform
 from pathlib import Path
+
+
+def percentile(values: list[float], pct: float) -> float:
+    """Nearest-rank percentile (``pct`` 0-100) of ``values``."""
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(pct / 100 * (len(ordered) - 1))))
+    return ordered[index]
 
 
 def cpu_model() -> str:

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.machine import cpu_model
+from bench.machine import cpu_model, percentile
 from indexer.catalog import load_catalog
 from indexer.encoder import BiEncoder
 from indexer.indexing import index_products
@@ -47,12 +47,6 @@ def machine() -> dict[str, Any]:
         "torch": torch.__version__,
         "platform": platform.platform(),
     }
-
-
-def percentile(values: list[float], pct: float) -> float:
-    ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, round(pct / 100 * (len(ordered) - 1))))
-    return ordered[index]
 
 
 def bench_indexing(

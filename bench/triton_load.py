@@ -52,7 +52,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from bench.machine import cpu_model
+from bench.machine import cpu_model, percentile
 from reranker.triton_contract import INPUTS, MODEL_NAME, OUTPUT
 
 if TYPE_CHECKING:
@@ -72,13 +72,6 @@ TARGET_PAIRS_PER_S = 50_000
 # Token ids fit uint16 (BERT's vocabulary is 30,522), mask and segment ids uint8: the file stays
 # small enough to carry; `load_requests` restores the contract's INT64.
 _STORED = {"input_ids": np.uint16, "attention_mask": np.uint8, "token_type_ids": np.uint8}
-
-
-def percentile(values: list[float], pct: float) -> float:
-    """Nearest-rank percentile, the rule bench/spine.py uses."""
-    ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, round(pct / 100 * (len(ordered) - 1))))
-    return ordered[index]
 
 
 def _version(package: str) -> str | None:

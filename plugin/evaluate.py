@@ -31,7 +31,7 @@ from plugin.final_stage import (
     folds_of,
     retrieved_lists,
 )
-from plugin.models import MAX_K, MAX_QUERY_CHARS, FairnessPolicy, SearchRequest
+from plugin.models import MAX_K, MAX_QUERY_CHARS, NO_FAIRNESS, SearchRequest
 from plugin.pipeline import SearchPipeline
 from reranker.evaluation import (
     EvalReport,
@@ -74,7 +74,6 @@ class CrossValidation:
 
 
 #: Stages are scored unconstrained, also where the server has a default fairness policy.
-_NO_FAIRNESS = FairnessPolicy(policy="none")
 
 
 def _full_run(
@@ -88,7 +87,7 @@ def _full_run(
         request = SearchRequest(
             query=text[:MAX_QUERY_CHARS], k=MAX_K, mode=mode,
             rerank=stage == "rerank" or (stage == "final" and pipeline.final_needs_rerank),
-            final=stage == "final", fairness=_NO_FAIRNESS,
+            final=stage == "final", fairness=NO_FAIRNESS,
         )
         response = pipeline.search(request)
         run[qid] = [hit.id for hit in response.results]

@@ -19,7 +19,7 @@ import numpy as np
 from indexer.fusion import reciprocal_rank_fusion
 from indexer.retrieval import Candidate
 from indexer.schema import Product
-from plugin.models import MAX_K, MAX_QUERY_CHARS, FairnessPolicy, SearchRequest
+from plugin.models import MAX_K, MAX_QUERY_CHARS, NO_FAIRNESS, SearchRequest
 from plugin.pipeline import SearchPipeline
 from reranker.evaluation import Gains, Qrels, gain_of, ndcg_at_k
 from reranker.features import CROSS_ENCODER_FEATURE, FEATURE_NAMES, stage_features
@@ -52,7 +52,7 @@ def collect_candidates(
     for qid, text in queries.items():
         request = SearchRequest(
             query=text[:MAX_QUERY_CHARS], k=MAX_K, mode="hybrid", rerank=rerank, final=False,
-            explain=True, fairness=FairnessPolicy(policy="none"),
+            explain=True, fairness=NO_FAIRNESS,
         )
         hits = sorted(pipeline.search(request).results,
                       key=lambda h: h.explanation.retrieval_rank if h.explanation else h.rank)

@@ -59,6 +59,10 @@ class FairnessPolicy(BaseModel):
         return self
 
 
+#: A request's way to say "no fairness step", whatever the server's default policy.
+NO_FAIRNESS = FairnessPolicy(policy="none")
+
+
 class FairnessSummary(BaseModel):
     """What the fairness step did to this response."""
 
