@@ -78,9 +78,9 @@ def build_pipeline(settings: Settings) -> SearchPipeline:
         final_ranker=final_ranker,
         candidates=settings.candidates,
         rerank_window=settings.rerank_window,
+        fairness=settings.fairness,
+        exposure_store=InMemoryExposureStore(window=settings.fairness_window),
     )
-    pipeline.fairness = settings.fairness
-    pipeline.exposure_store = InMemoryExposureStore(window=settings.fairness_window)
     if pipeline.final_needs_rerank and not pipeline.has_reranker:
         if settings.final_ranker == "default":
             pipeline.final_ranker = None  # the packaged ranker needs the packaged reranker

@@ -104,6 +104,8 @@ class SearchPipeline:
         final_ranker: LinearRanker | None = None,
         candidates: int = 100,
         rerank_window: int = 50,
+        fairness: FairnessPolicy | None = None,
+        exposure_store: ExposureStore | None = None,
     ) -> None:
         self.store = store
         self.encoder = encoder
@@ -113,9 +115,9 @@ class SearchPipeline:
         self.candidates = candidates
         self.rerank_window = rerank_window
         #: The fairness policy of requests that do not name one (None: no fairness step).
-        self.fairness: FairnessPolicy | None = None
+        self.fairness = fairness
         #: What `amortized` fairness remembers of recent queries' exposure.
-        self.exposure_store: ExposureStore = InMemoryExposureStore()
+        self.exposure_store: ExposureStore = exposure_store or InMemoryExposureStore()
         self._brands: tuple[float, dict[str, int]] | None = None
         #: Event counters, served at GET /metrics.
         self.counters: Counter[str] = Counter()
