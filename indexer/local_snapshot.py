@@ -29,6 +29,8 @@ class Snapshot:
     brand_keys: npt.NDArray[np.str_]
     prices: npt.NDArray[np.float64]
     category_rows: dict[str, npt.NDArray[np.int64]]
+    #: rows known to be out of stock (``in_stock is False``); unknown counts as available
+    out_of_stock: npt.NDArray[np.bool_]
     #: bytes of the version's update log already applied
     log_offset: int = 0
 
@@ -62,6 +64,7 @@ class Snapshot:
                 dtype=np.float64,
             ),
             category_rows={key: np.array(rows) for key, rows in category_lists.items()},
+            out_of_stock=np.array([product.in_stock is False for product in products], dtype=bool),
             log_offset=log_offset,
         )
 
@@ -123,6 +126,8 @@ class Snapshot:
                 mask &= self.prices >= filters.price_min
             if filters.price_max is not None:
                 mask &= self.prices <= filters.price_max
+        if filters.in_stock is not None:
+            mask &= self.out_of_stock if filters.in_stock is False else ~self.out_of_stock
         return mask
 
     def top(

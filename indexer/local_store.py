@@ -195,6 +195,12 @@ class LocalStore:
         state = self._state()
         return {pid: state.products[state.rows[pid]] for pid in product_ids if pid in state.rows}
 
+    def vectors(self, product_ids: Sequence[str]) -> dict[str, npt.NDArray[np.float32]]:
+        state = self._state()
+        return {
+            pid: state.vectors[state.rows[pid]].copy() for pid in product_ids if pid in state.rows
+        }
+
     def search_bm25(self, text: str, n: int, filters: Filters | None = None) -> list[ScoredId]:
         state = self._state()
         return state.top(state.bm25_scores(text), n, state.mask(filters), positive_only=True)

@@ -6,7 +6,7 @@ of truth shared with the local store.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +20,8 @@ from indexer.store import Filters
 
 VECTOR_FIELD = "embedding"
 RECORD_FIELD = "product"
+#: Indexed copy of `Product.in_stock`: null (not indexed) when the catalog does not say.
+STOCK_FIELD = "in_stock"
 META_KEY = "shoprank"
 #: Key of the encoder stamp inside the ``_meta.shoprank`` of an index version.
 ENCODER_KEY = "encoder"
@@ -82,6 +84,7 @@ def build_index_body(layout: IndexLayout, meta: dict[str, Any]) -> dict[str, Any
                 "brand": {"type": "keyword", "normalizer": _NORMALIZER},
                 "category": {"type": "keyword", "normalizer": _NORMALIZER},
                 "price": {"type": "double"},
+                **build_stock_mapping()["properties"],
                 VECTOR_FIELD: {
                     "type": "knn_vector",
                     "dimension": layout.dimension,
@@ -101,6 +104,11 @@ def build_index_body(layout: IndexLayout, meta: dict[str, Any]) -> dict[str, Any
     }
 
 
+def build_stock_mapping() -> dict[str, Any]:
+    """The mapping of `STOCK_FIELD`; also what `put_mapping` adds to an index built before it."""
+    return {"properties": {STOCK_FIELD: {"type": "boolean"}}}
+
+
 def build_document(product: Product, vector: npt.NDArray[np.float32]) -> dict[str, Any]:
     """The indexed document: search fields, the vector and the full record for lookups."""
     return {
@@ -109,6 +117,7 @@ def build_document(product: Product, vector: npt.NDArray[np.float32]) -> dict[st
         "brand": product.brand,
         "category": product.category,
         "price": product.price,
+        STOCK_FIELD: product.in_stock,
         VECTOR_FIELD: [float(x) for x in vector],
         RECORD_FIELD: product.model_dump(mode="json"),
     }
@@ -142,7 +151,34 @@ def build_filter_clauses(filters: Filters | None) -> list[dict[str, Any]]:
         if filters.price_max is not None:
             bounds["lte"] = filters.price_max
         clauses.append({"range": {"price": bounds}})
+    # Unknown stock is not indexed: "in stock" excludes only what is known to be out of it.
+    if filters.in_stock is True:
+        clauses.append({"bool": {"must_not": [{"term": {STOCK_FIELD: False}}]}})
+    elif filters.in_stock is False:
+        clauses.append({"term": {STOCK_FIELD: False}})
     return clauses
+
+
+def build_stock_backfill(index: str, hits: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    """Bulk updates that index `STOCK_FIELD` on documents written before it existed.
+
+    ``hits`` are search hits with ``_source`` holding `RECORD_FIELD`, ``_seq_no`` and
+    ``_primary_term``: an update only applies if the document did not change since it was read,
+    so a concurrent upsert is never overwritten with the older record's stock. Products whose
+    stock is unknown need no update.
+    """
+    for hit in hits:
+        in_stock = Product.model_validate(hit["_source"][RECORD_FIELD]).in_stock
+        if in_stock is None:
+            continue
+        yield {
+            "_op_type": "update",
+            "_index": index,
+            "_id": hit["_id"],
+            "if_seq_no": hit["_seq_no"],
+            "if_primary_term": hit["_primary_term"],
+            "doc": {STOCK_FIELD: in_stock},
+        }
 
 
 # Equal scores are ordered by id, as in the local store.

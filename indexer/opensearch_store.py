@@ -5,6 +5,9 @@ Every shoprank index is an alias (``<prefix>-<name>``) over one concrete index v
 marks it complete in its mapping ``_meta`` (which also records the encoder that wrote it) and
 swaps the alias in one atomic request; a failed or killed rebuild never touches the alias, and
 the next rebuild deletes what it left.
+A version built before the ``in_stock`` field existed gets it on its first upsert or
+stock-filtered search: `put_mapping` adds the field and the stored records fill it in (once per
+version; until then such an index treats every product's stock as unknown, i.e. available).
 No OpenSearch exception leaves this module: they become `indexer.errors` types.
 """
 
@@ -37,6 +40,7 @@ from indexer.opensearch_queries import (
     ENCODER_KEY,
     META_KEY,
     RECORD_FIELD,
+    STOCK_FIELD,
     VECTOR_FIELD,
     IndexLayout,
     build_alias_swap,
@@ -44,6 +48,8 @@ from indexer.opensearch_queries import (
     build_bulk_actions,
     build_index_body,
     build_knn_query,
+    build_stock_backfill,
+    build_stock_mapping,
     build_version_meta,
     cosine_from_score,
     version_meta,
@@ -82,6 +88,7 @@ class OpenSearchStore:
         self._lock = threading.Lock()
         self._dimension: int | None = None
         self._stamp: tuple[float, EncoderStamp | None] | None = None
+        self._stock_checked_at: float | None = None
 
     @property
     def client(self) -> OpenSearch:
@@ -198,7 +205,21 @@ class OpenSearchStore:
             if doc.get("found")
         }
 
+    def vectors(self, product_ids: Sequence[str]) -> dict[str, npt.NDArray[np.float32]]:
+        if not product_ids:
+            return {}
+        with self._translated("fetch vectors"):
+            response = self.client.mget(
+                index=self.alias, body={"ids": list(product_ids)}, _source=[VECTOR_FIELD]
+            )
+        return {
+            doc["_id"]: np.asarray(doc["_source"][VECTOR_FIELD], dtype=np.float32)
+            for doc in response["docs"]
+            if doc.get("found")
+        }
+
     def search_bm25(self, text: str, n: int, filters: Filters | None = None) -> list[ScoredId]:
+        self._ensure_stock_filterable(filters)
         with self._translated("run a BM25 query"):
             response = self.client.search(index=self.alias, body=build_bm25_query(text, n, filters))
         return [ScoredId(hit["_id"], float(hit["_score"])) for hit in response["hits"]["hits"]]
@@ -207,6 +228,7 @@ class OpenSearchStore:
         self, vector: npt.NDArray[np.float32], n: int, filters: Filters | None = None
     ) -> list[ScoredId]:
         self._check_dimension(vector.shape[-1])
+        self._ensure_stock_filterable(filters)
         body = build_knn_query(vector, n, filters, ef_search=self.settings.opensearch_ef_search)
         with self._translated("run a k-NN query"):
             response = self.client.search(index=self.alias, body=body)
@@ -235,6 +257,7 @@ class OpenSearchStore:
         self._check_dimension(vectors.shape[1])
         with self._translated("index products"):
             target = self._serving_index()
+            self._ensure_stock_field()
             self._bulk(build_bulk_actions(target, products, vectors), target, refresh=True)
         return len(products)
 
@@ -246,8 +269,42 @@ class OpenSearchStore:
                 {"_op_type": "delete", "_index": target, "_id": pid}
                 for pid in dict.fromkeys(product_ids)
             ]
-            missing = self._bulk(actions, target, refresh=True, missing_ok=True)
+            missing = self._bulk(actions, target, refresh=True, tolerated=(404,))
         return len(actions) - missing
+
+    def _ensure_stock_filterable(self, filters: Filters | None) -> None:
+        if filters is not None and filters.in_stock is not None:
+            self._ensure_stock_field()
+
+    def _ensure_stock_field(self) -> None:
+        """Give serving versions built before `STOCK_FIELD` existed the field, filled in.
+
+        Without it the mapping (``dynamic: false``) would not index the stock of new writes, and
+        a stock filter would see every product as unknown. Checked before every upsert and
+        stock-filtered search, at most once per `STAMP_RECHECK_SECONDS` (one mapping read).
+        """
+        checked = self._stock_checked_at
+        if checked is not None and time.monotonic() - checked < STAMP_RECHECK_SECONDS:
+            return
+        with self._translated("add the in_stock field"):
+            mappings = self.client.indices.get_mapping(index=self.alias)
+            for index, mapping in mappings.items():
+                if STOCK_FIELD not in mapping.get("mappings", {}).get("properties", {}):
+                    self._add_stock_field(index)
+        self._stock_checked_at = time.monotonic()
+
+    def _add_stock_field(self, index: str) -> None:
+        logger.warning("index %s predates the %s field: adding it and filling it in from the "
+                       "stored records", index, STOCK_FIELD)
+        self.client.indices.put_mapping(index=index, body=build_stock_mapping())
+        hits = helpers.scan(
+            self.client, index=index, _source=[RECORD_FIELD], seq_no_primary_term=True,
+            query={"query": {"match_all": {}}},
+        )
+        skipped = self._bulk(build_stock_backfill(index, hits), index, refresh=True,
+                             tolerated=(404, 409))
+        logger.info("filled in %s on %s (%d products rewritten or deleted meanwhile left as "
+                    "they are)", STOCK_FIELD, index, skipped)
 
     def _serving_index(self) -> str:
         serving = self._aliased_indices()
@@ -307,14 +364,15 @@ class OpenSearchStore:
         index: str,
         *,
         refresh: bool = False,
-        missing_ok: bool = False,
+        tolerated: Sequence[int] = (),
     ) -> int:
         """Send actions with retries on 429; raise listing the items that failed.
 
-        Returns how many deletes found nothing (only with ``missing_ok``).
+        Returns how many items failed with a ``tolerated`` status (404: a delete found nothing;
+        409: a conditional update lost to a newer write).
         """
         errors: list[str] = []
-        failed = missing = 0
+        failed = skipped = 0
         for ok, item in helpers.streaming_bulk(
             self.client,
             actions,
@@ -328,8 +386,8 @@ class OpenSearchStore:
             if ok:
                 continue
             detail = next(iter(item.values()))
-            if missing_ok and detail.get("status") == 404:
-                missing += 1
+            if detail.get("status") in tolerated:
+                skipped += 1
                 continue
             failed += 1
             if len(errors) < _MAX_REPORTED_ERRORS:
@@ -339,7 +397,7 @@ class OpenSearchStore:
             raise StoreError(
                 f"{failed} product(s) failed in a bulk request to {index}:\n  {listed}"
             )
-        return missing
+        return skipped
 
     def _aliased_indices(self) -> list[str]:
         if not self.client.indices.exists_alias(name=self.alias):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 #: Dimension of the packaged all-MiniLM-L6-v2 bi-encoder.
 EMBEDDING_DIM = 384
@@ -25,6 +25,13 @@ class Product(BaseModel):
     """One catalog line. Real catalogs are ragged: nulls become empty values.
 
     Extra fields (Icecat's `gtin`, `model`, `released`, ...) are kept as they are.
+
+    ``in_stock`` is None when the catalog does not say (such a product counts as available).
+    A line with an integer ``stock`` quantity and no ``in_stock`` is in stock when the quantity
+    is positive; ``stock`` itself is kept as an extra field. Stock is never model text.
+
+    >>> Product.model_validate({"id": "1", "title": "Desk lamp", "stock": 0}).in_stock
+    False
     """
 
     model_config = ConfigDict(extra="allow", allow_inf_nan=False, frozen=True)
@@ -40,6 +47,17 @@ class Product(BaseModel):
     rating_count: int | None = Field(default=None, ge=0)
     image_url: str | None = None
     attributes: dict[str, str] = Field(default_factory=dict)
+    in_stock: bool | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _in_stock_from_quantity(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or data.get("in_stock") is not None:
+            return data
+        stock = data.get("stock")
+        if isinstance(stock, int) and not isinstance(stock, bool):
+            return {**data, "in_stock": stock > 0}
+        return data
 
     @field_validator("id", mode="before")
     @classmethod

@@ -24,6 +24,8 @@ class Filters(BaseModel):
     - ``brand``: one brand or a list; exact match, case-insensitive.
     - ``category``: matches any level of a product's category path, case-insensitive.
     - ``price_min`` / ``price_max``: inclusive; products without a price never match a range.
+    - ``in_stock``: True keeps products not known to be out of stock (``in_stock`` True or
+      unknown); False keeps only products known to be out of stock.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
@@ -32,6 +34,7 @@ class Filters(BaseModel):
     category: str | None = Field(default=None, min_length=1, max_length=200)
     price_min: float | None = Field(default=None, ge=0)
     price_max: float | None = Field(default=None, ge=0)
+    in_stock: bool | None = None
 
     @field_validator("brand", mode="before")
     @classmethod
@@ -63,6 +66,9 @@ class Filters(BaseModel):
             target = self.category.lower()
             if all(level.lower() != target for level in product.category):
                 return False
+        known_out_of_stock = product.in_stock is False
+        if self.in_stock is not None and self.in_stock == known_out_of_stock:
+            return False  # asked for stock and it is out, or for out of stock and it is not
         if self.price_min is not None or self.price_max is not None:
             if product.price is None:
                 return False
@@ -118,6 +124,13 @@ class VectorStore(Protocol):
     def get(self, product_id: str) -> Product | None: ...
 
     def get_many(self, product_ids: Sequence[str]) -> dict[str, Product]: ...
+
+    def vectors(self, product_ids: Sequence[str]) -> dict[str, npt.NDArray[np.float32]]:
+        """The stored (L2-normalised) embedding of each id that exists; unknown ids are left out.
+
+        What "more like this" and personalisation start from, without encoding anything.
+        """
+        ...
 
     def search_bm25(self, text: str, n: int, filters: Filters | None = None) -> list[ScoredId]: ...
 

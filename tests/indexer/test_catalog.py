@@ -97,3 +97,34 @@ def test_product_to_text_puts_title_first_and_skips_empty_parts() -> None:
         "Desk lamp | brand: Ikea | category: Home > Lighting | color name: White | LED Dimmable"
     )
     assert product_to_text(Product(id="2", title="Plain")) == "Plain"
+
+
+def test_a_stock_quantity_sets_in_stock_and_is_kept(tmp_path: Path) -> None:
+    catalog = write_lines(tmp_path / "stock.jsonl", [
+        json.dumps({**GOOD, "id": "none-left", "stock": 0}),
+        json.dumps({**GOOD, "id": "three-left", "stock": 3}),
+        json.dumps({**GOOD, "id": "says-so", "stock": 0, "in_stock": True}),
+        json.dumps({**GOOD, "id": "null-flag", "stock": 2, "in_stock": None}),
+        json.dumps({**GOOD, "id": "flag-only", "in_stock": False}),
+        json.dumps({**GOOD, "id": "unknown"}),
+        json.dumps({**GOOD, "id": "not-a-count", "stock": "plenty"}),
+        json.dumps({**GOOD, "id": "a-bool", "stock": True}),
+    ])
+    load = load_catalog(catalog)
+    assert load.errors == []
+    in_stock = {p.id: p.in_stock for p in load.products}
+    assert in_stock == {
+        "none-left": False, "three-left": True, "says-so": True, "null-flag": True,
+        "flag-only": False, "unknown": None, "not-a-count": None, "a-bool": None,
+    }
+    none_left = load.products[0]
+    assert none_left.model_dump()["stock"] == 0
+    # A stored record reads back the same (the rule never overrides a written in_stock).
+    assert Product.model_validate_json(none_left.model_dump_json()) == none_left
+
+
+def test_stock_is_not_model_text() -> None:
+    plain = Product(id="1", title="Desk lamp", brand="Ikea")
+    stocked = Product.model_validate({"id": "1", "title": "Desk lamp", "brand": "Ikea",
+                                      "stock": 0, "in_stock": False})
+    assert product_to_text(stocked) == product_to_text(plain) == "Desk lamp | brand: Ikea"

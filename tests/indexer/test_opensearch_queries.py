@@ -11,8 +11,10 @@ from indexer.opensearch_queries import (
     build_alias_swap,
     build_bm25_query,
     build_document,
+    build_filter_clauses,
     build_index_body,
     build_knn_query,
+    build_stock_backfill,
     build_version_meta,
     cosine_from_score,
     version_meta,
@@ -63,6 +65,46 @@ def test_document_keeps_the_full_record_and_the_vector() -> None:
     doc = build_document(product, np.array([0.5, 0.5], dtype=np.float32))
     assert doc["embedding"] == [0.5, 0.5]
     assert doc["product"]["title"] == "Desk lamp" and doc["text"].startswith("Desk lamp")
+
+
+def test_stock_is_an_indexed_boolean_written_as_the_product_says() -> None:
+    body = build_index_body(IndexLayout(dimension=8), {})
+    assert body["mappings"]["properties"]["in_stock"] == {"type": "boolean"}
+    vector = np.zeros(2, dtype=np.float32)
+    assert build_document(make_product("a", "x", stock=0), vector)["in_stock"] is False
+    assert build_document(make_product("a", "x", in_stock=True), vector)["in_stock"] is True
+    unknown = build_document(make_product("a", "x"), vector)
+    assert "in_stock" in unknown and unknown["in_stock"] is None  # null: not indexed
+
+
+def test_in_stock_filter_clauses_treat_unknown_as_available() -> None:
+    not_out = {"bool": {"must_not": [{"term": {"in_stock": False}}]}}
+    assert build_filter_clauses(Filters(in_stock=True)) == [not_out]
+    assert build_filter_clauses(Filters(in_stock=False)) == [{"term": {"in_stock": False}}]
+    assert build_filter_clauses(Filters(in_stock=None)) == []
+    assert build_filter_clauses(Filters(brand="Acme", in_stock=True)) == [
+        {"terms": {"brand": ["acme"]}}, not_out
+    ]
+    knn = build_knn_query(np.ones(3, dtype=np.float32), 5, Filters(in_stock=False))
+    assert knn["query"]["knn"]["embedding"]["filter"] == {
+        "bool": {"filter": [{"term": {"in_stock": False}}]}
+    }
+    bm25 = build_bm25_query("lamp", 5, Filters(in_stock=True))
+    assert bm25["query"]["bool"]["filter"] == [not_out]
+
+
+def test_stock_backfill_updates_only_known_stock_and_only_unchanged_documents() -> None:
+    def hit(pid: str, **record: object) -> dict[str, object]:
+        return {"_id": pid, "_seq_no": 7, "_primary_term": 2,
+                "_source": {"product": {"id": pid, "title": "x", **record}}}
+
+    hits = [hit("a", stock=0), hit("b"), hit("c", in_stock=True, stock=0), hit("d", stock=4)]
+    actions = list(build_stock_backfill("shop-v1", hits))
+    assert [(a["_id"], a["doc"]) for a in actions] == [
+        ("a", {"in_stock": False}), ("c", {"in_stock": True}), ("d", {"in_stock": True})
+    ]
+    assert actions[0] == {"_op_type": "update", "_index": "shop-v1", "_id": "a",
+                          "if_seq_no": 7, "if_primary_term": 2, "doc": {"in_stock": False}}
 
 
 def test_alias_swap_is_one_request() -> None:

@@ -55,6 +55,20 @@ def test_bm25_returns_term_matches_best_first(store: VectorStore) -> None:
     assert store.search_bm25("the", 10) == []  # stop words only: nothing to match
 
 
+def test_vectors_returns_the_stored_unit_vectors_of_known_ids(store: VectorStore) -> None:
+    stored = axis_vectors(6)
+    found = store.vectors(["p3", "nope", "p1"])
+    assert set(found) == {"p1", "p3"}
+    for pid, row in (("p1", 0), ("p3", 2)):
+        assert found[pid].dtype == np.float32 and found[pid].shape == (8,)
+        np.testing.assert_allclose(found[pid], stored[row], atol=1e-6)
+        assert float(np.linalg.norm(found[pid])) == pytest.approx(1.0, abs=1e-5)
+    assert store.vectors([]) == {} and store.vectors(["nope"]) == {}
+    replacement = axis_vectors(8)[7:]
+    store.upsert([store.get("p3")], replacement)  # type: ignore[list-item]
+    np.testing.assert_allclose(store.vectors(["p3"])["p3"], replacement[0], atol=1e-6)
+
+
 def test_vector_search_ranks_by_cosine(store: VectorStore, tiny_products: list[Product]) -> None:
     vectors = axis_vectors(len(tiny_products))
     hits = store.search_vector(vectors[2], 3)
@@ -87,6 +101,66 @@ def test_filters_apply_inside_retrieval(
     assert {h.product_id for h in hits} == expected
     lexical = {h.product_id for h in store.search_bm25("running shoes dress jacket", 10, filters)}
     assert lexical == {p for p in expected if p != "p6"}
+
+
+def with_stock(product: Product, **stock: object) -> Product:
+    """``product`` with ``in_stock`` or a ``stock`` quantity as a catalog line would give it."""
+    return Product.model_validate({**product.model_dump(), **stock})
+
+
+@pytest.fixture
+def stocked_store(make_store: StoreFactory, tiny_products: list[Product]) -> VectorStore:
+    """tiny_products with p1 out of stock (0 left), p2 in stock (3 left), p4 out of stock
+    (``in_stock: false``), p6 in stock (``in_stock: true``); p3 and p5 say nothing."""
+    stock: dict[str, dict[str, object]] = {
+        "p1": {"stock": 0}, "p2": {"stock": 3}, "p4": {"in_stock": False},
+        "p6": {"in_stock": True},
+    }
+    products = [with_stock(p, **stock.get(p.id, {})) for p in tiny_products]
+    store = make_store(8)
+    store.replace_all(products, axis_vectors(len(products)))
+    return store
+
+
+@pytest.mark.parametrize(
+    ("filters", "expected"),
+    [
+        (Filters(in_stock=True), {"p2", "p3", "p5", "p6"}),  # unknown stock counts as available
+        (Filters(in_stock=False), {"p1", "p4"}),
+        (Filters(brand="Acme", in_stock=True), {"p3"}),
+        (Filters(category="Clothing", in_stock=False), {"p4"}),
+        (Filters(price_max=60, in_stock=False), {"p1"}),
+    ],
+)
+def test_in_stock_filter_applies_inside_retrieval(
+    stocked_store: VectorStore, filters: Filters, expected: set[str]
+) -> None:
+    products = stocked_store.get_many([f"p{i}" for i in range(1, 7)]).values()
+    assert expected == {p.id for p in products if filters.matches(p)}
+    hits = stocked_store.search_vector(axis_vectors(6)[5], 10, filters)
+    assert {h.product_id for h in hits} == expected
+    lexical = stocked_store.search_bm25("running shoes dress jacket coffee", 10, filters)
+    assert {h.product_id for h in lexical} == expected
+
+
+def test_an_upsert_to_out_of_stock_is_seen_by_the_next_filtered_search(
+    stocked_store: VectorStore,
+) -> None:
+    dress = stocked_store.get("p3")
+    assert dress is not None and dress.in_stock is None
+    vector = axis_vectors(6)[2:3]
+    query = axis_vectors(6)[2]
+    assert stocked_store.upsert([with_stock(dress, stock=0)], vector) == 1
+    assert stocked_store.get("p3").in_stock is False  # type: ignore[union-attr]
+    in_stock, out = Filters(in_stock=True), Filters(in_stock=False)
+    assert "p3" not in {h.product_id for h in stocked_store.search_bm25("dress", 10, in_stock)}
+    assert "p3" not in {h.product_id for h in stocked_store.search_vector(query, 10, in_stock)}
+    assert [h.product_id for h in stocked_store.search_bm25("dress", 10, out)] == ["p3"]
+    assert stocked_store.search_vector(query, 1, out)[0].product_id == "p3"
+    # Back in stock: unknown-or-true passes again, and "out of stock" no longer lists it.
+    stocked_store.upsert([with_stock(dress, in_stock=True)], vector)
+    assert [h.product_id for h in stocked_store.search_bm25("dress", 10, in_stock)] == ["p3"]
+    assert stocked_store.search_bm25("dress", 10, out) == []
 
 
 def test_filtered_query_still_returns_k_when_k_match(make_store: StoreFactory) -> None:
