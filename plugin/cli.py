@@ -271,14 +271,21 @@ def serve(
         str | None,
         typer.Option("--final-ranker", help="default (packaged), none, or a `tune ranker` file."),
     ] = None,
+    session_store: Annotated[
+        str | None,
+        typer.Option("--session-store", help="memory (default) or redis: where sessions live."),
+    ] = None,
+    redis_url: Annotated[
+        str | None, typer.Option("--redis-url", help="Redis URL (--session-store redis).")
+    ] = None,
     store: StoreOption = None,
     opensearch_url: UrlOption = None,
 ) -> None:
     """Serve the HTTP API (OpenAPI docs at /docs)."""
     settings = _settings(
         host=host, port=port, index=index, reranker=reranker, reranker_checkpoint=checkpoint,
-        triton_url=triton_url, final_ranker=final_ranker, store=store,
-        opensearch_url=opensearch_url,
+        triton_url=triton_url, final_ranker=final_ranker, session_store=session_store,
+        redis_url=redis_url, store=store, opensearch_url=opensearch_url,
     )
     _serve(settings)
 

@@ -11,6 +11,7 @@ from indexer.settings import IndexerSettings
 from indexer.store import VectorStore
 from plugin.errors import PluginError
 from plugin.pipeline import SearchPipeline
+from plugin.session_store import InMemorySessionStore, SessionStore
 from plugin.settings import Settings
 from reranker.base import NoReranker, Reranker
 from reranker.cross_encoder import InProcessCrossEncoder
@@ -68,6 +69,16 @@ def build_final_ranker(settings: Settings) -> LinearRanker | None:
     return LinearRanker.load(Path(settings.final_ranker))
 
 
+def build_session_store(settings: Settings) -> SessionStore:
+    if settings.session_store == "redis":
+        from plugin.redis_session_store import RedisSessionStore
+
+        return RedisSessionStore(settings.redis_url, ttl_seconds=settings.session_ttl_seconds)
+    return InMemorySessionStore(
+        max_sessions=settings.max_sessions, ttl_seconds=settings.session_ttl_seconds
+    )
+
+
 def build_pipeline(settings: Settings) -> SearchPipeline:
     reranker = build_reranker(settings)
     final_ranker = build_final_ranker(settings)
@@ -80,6 +91,9 @@ def build_pipeline(settings: Settings) -> SearchPipeline:
         rerank_window=settings.rerank_window,
         fairness=settings.fairness,
         exposure_store=InMemoryExposureStore(window=settings.fairness_window),
+        session_store=build_session_store(settings),
+        personalization_weight=settings.personalization_weight,
+        out_of_stock=settings.out_of_stock,
     )
     if pipeline.final_needs_rerank and not pipeline.has_reranker:
         if settings.final_ranker == "default":

@@ -11,6 +11,12 @@ from indexer.store import Filters, RetrievalMode
 MAX_QUERY_CHARS = 512
 MAX_K = 100
 
+#: keep: rank as any other product; demote: after every product in stock; hide: leave out.
+OutOfStock = Literal["keep", "demote", "hide"]
+SessionId = Annotated[
+    str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:@-]+$")
+]
+
 QueryText = Annotated[
     str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_QUERY_CHARS)
 ]
@@ -88,7 +94,20 @@ class SearchRequest(BaseModel):
     #: None: apply the learned final stage when the server has one.
     final: bool | None = None
     fairness: FairnessPolicy | None = None
+    #: The shopper's session: its clicks, carts and purchases (`POST /events`) personalise
+    #: this search.
+    session_id: SessionId | None = None
+    #: None: personalise when a session_id is given and the server's weight is above zero.
+    personalize: bool | None = None
+    #: What to do with products marked out of stock; None: the server's setting.
+    out_of_stock: OutOfStock | None = None
     explain: bool = False
+
+    @model_validator(mode="after")
+    def _personal_needs_session(self) -> SearchRequest:
+        if self.personalize and self.session_id is None:
+            raise ValueError("personalize=true needs a session_id")
+        return self
 
 
 class StageScores(BaseModel):
@@ -99,6 +118,8 @@ class StageScores(BaseModel):
     fused: float | None = None
     rerank: float | None = None
     final: float | None = None
+    #: The session's term (weight x signal mix), added to the ordering score rescaled to [0, 1].
+    personal: float | None = None
 
 
 class Explanation(BaseModel):
@@ -116,6 +137,12 @@ class Explanation(BaseModel):
     fairness_move: str | None = Field(
         default=None, description="why the fairness step moved this result, from which rank"
     )
+    personalization: dict[str, float] | None = Field(
+        default=None,
+        description="the session signals behind the personal term (each in [-1, 1]): "
+        "profile, brand, category, price",
+    )
+    stock: str | None = Field(default=None, description="set when stock changed the rank")
     text: str = Field(description="the product text the models saw")
 
 
@@ -126,12 +153,15 @@ class SearchHit(BaseModel):
     brand: str | None
     category: list[str]
     price: float | None
+    in_stock: bool | None = None
     score: float = Field(description="score of the stage that ordered this result")
     scores: StageScores
     explanation: Explanation | None = None
 
 
 class SearchResponse(BaseModel):
+    #: Quote it in the impression and click events of these results.
+    request_id: str
     query: str
     mode: RetrievalMode
     k: int
@@ -140,7 +170,28 @@ class SearchResponse(BaseModel):
     reranker: str
     final_stage: str = Field(default="none", description="the learned final stage, if any")
     degraded: bool = False
+    #: Whether the session's history changed the ranking's scores.
+    personalized: bool = False
     fairness: FairnessSummary | None = None
     results: list[SearchHit]
     timings_ms: dict[str, float]
+    filters: dict[str, Any] | None = None
+
+
+class RecommendedItem(BaseModel):
+    rank: int
+    id: str
+    title: str
+    brand: str | None
+    category: list[str]
+    price: float | None
+    in_stock: bool | None = None
+    score: float = Field(description="cosine similarity to the item or the session profile")
+
+
+class RecommendResponse(BaseModel):
+    source: Literal["item", "session"]
+    #: The product (`/similar`) or session (`/recommend`) the results are neighbours of.
+    of: str
+    results: list[RecommendedItem]
     filters: dict[str, Any] | None = None

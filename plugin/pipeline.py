@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -13,17 +14,20 @@ from dataclasses import dataclass
 from indexer.encoder import BiEncoder
 from indexer.retrieval import Candidate, retrieve
 from indexer.schema import Product, product_to_text
-from indexer.store import VectorStore, check_encoder
+from indexer.store import Filters, VectorStore, check_encoder
 from plugin.errors import RerankNotConfiguredError
 from plugin.fairness_stage import apply_fairness
 from plugin.models import (
     Explanation,
     FairnessPolicy,
+    OutOfStock,
     SearchHit,
     SearchRequest,
     SearchResponse,
     StageScores,
 )
+from plugin.personalization import personal_terms, rescaled
+from plugin.session_store import InMemorySessionStore, SessionStore, SessionStoreError
 from reranker.base import NoReranker, Reranker
 from reranker.errors import RerankerUnavailableError
 from reranker.exposure_store import InMemoryExposureStore
@@ -49,9 +53,16 @@ class RankedItem:
     final: float | None = None
     features: tuple[float, ...] = ()
     fairness_move: str | None = None
+    #: The session's term (already weighted) and the score it was added to, rescaled.
+    personal: float | None = None
+    personalized: float | None = None
+    signals: dict[str, float] | None = None
+    stock_note: str | None = None
 
     @property
     def ordered_by(self) -> str:
+        if self.personalized is not None:
+            return "personalized"
         if self.final is not None:
             return "final"
         if self.rerank is not None:
@@ -62,7 +73,7 @@ class RankedItem:
 
     @property
     def score(self) -> float:
-        for score in (self.final, self.rerank):
+        for score in (self.personalized, self.final, self.rerank):
             if score is not None:
                 return score
         return self.candidate.retrieval_score
@@ -106,6 +117,9 @@ class SearchPipeline:
         rerank_window: int = 50,
         fairness: FairnessPolicy | None = None,
         exposure_store: ExposureStore | None = None,
+        session_store: SessionStore | None = None,
+        personalization_weight: float = 0.3,
+        out_of_stock: OutOfStock = "demote",
     ) -> None:
         self.store = store
         self.encoder = encoder
@@ -118,6 +132,12 @@ class SearchPipeline:
         self.fairness = fairness
         #: What `amortized` fairness remembers of recent queries' exposure.
         self.exposure_store: ExposureStore = exposure_store or InMemoryExposureStore()
+        #: Session states, read by searches that carry a session_id.
+        self.session_store: SessionStore = session_store or InMemorySessionStore()
+        #: The most a session's term may add to or take from a rescaled score; 0: off.
+        self.personalization_weight = personalization_weight
+        #: What searches do with out-of-stock products unless they say otherwise.
+        self.out_of_stock: OutOfStock = out_of_stock
         self._brands: tuple[float, dict[str, int]] | None = None
         #: Event counters, served at GET /metrics.
         self.counters: Counter[str] = Counter()
@@ -178,9 +198,12 @@ class SearchPipeline:
             vector = self.encoder.encode_query(request.query)
         clock.lap("encode")
         depth = max(self.candidates, request.k)
+        stock = request.out_of_stock or self.out_of_stock
+        filters = request.filters
+        if stock == "hide":
+            filters = (filters or Filters()).model_copy(update={"in_stock": True})
         candidates = retrieve(
-            self.store, request.mode, depth, text=request.query, vector=vector,
-            filters=request.filters,
+            self.store, request.mode, depth, text=request.query, vector=vector, filters=filters,
         )
         products = self.store.get_many([c.product_id for c in candidates])
         items = [
@@ -207,6 +230,10 @@ class SearchPipeline:
         clock.lap("final")
         for post_process in self.post_processors:
             items = post_process(items)
+        personalized = False
+        if request.session_id is not None and request.personalize is not False:
+            items, personalized = self._personalize(request.session_id, items)
+        clock.lap("personalize")
         fairness = None
         policy = request.fairness or self.fairness
         if policy is not None and policy.policy != "none" and items:
@@ -221,12 +248,15 @@ class SearchPipeline:
                 )
             items = [items[index] for index in outcome.order]
             fairness = outcome.summary
+        if stock == "demote":
+            items = _demote_out_of_stock(items)
         clock.lap("postprocess")
         hits = [
             _to_hit(rank, item, request.explain, self.final_ranker)
             for rank, item in enumerate(items, 1)
         ]
         return SearchResponse(
+            request_id=uuid.uuid4().hex,
             query=request.query,
             mode=request.mode,
             k=request.k,
@@ -235,13 +265,44 @@ class SearchPipeline:
             reranker=self.reranker.name if rerank else "none",
             final_stage=_final_name(self.final_ranker) if final else "none",
             degraded=degraded,
+            personalized=personalized,
             fairness=fairness,
             results=hits[: request.k],
             timings_ms=clock.total(),
-            filters=None if request.filters is None else request.filters.model_dump(
-                exclude_none=True
-            ),
+            filters=None if filters is None else filters.model_dump(exclude_none=True),
         )
+
+    def _personalize(
+        self, session_id: str, items: list[RankedItem]
+    ) -> tuple[list[RankedItem], bool]:
+        """Add the session's weighted term to each candidate's rescaled score and re-sort.
+
+        Returns the items and whether any score changed. A session store that cannot be
+        reached leaves the ranking as it was (counted at /metrics), never failing the search.
+        """
+        if self.personalization_weight <= 0 or not items:
+            return items, False
+        try:
+            state = self.session_store.get(session_id)
+        except SessionStoreError as e:
+            logger.warning("search not personalised: %s", e)
+            self.count("personalization_unavailable_total")
+            return items, False
+        if state is None or not state.has_history:
+            return items, False
+        products = [item.product for item in items]
+        vectors = self.store.vectors([p.id for p in products]) if state.profile is not None else {}
+        terms = personal_terms(state, products, vectors, time.time())
+        if all(term.value == 0 for term in terms):
+            return items, False
+        base = rescaled(_fairness_scores(items))
+        for item, term, score in zip(items, terms, base, strict=True):
+            item.personal = self.personalization_weight * term.value
+            item.personalized = score + item.personal
+            item.signals = term.signals
+        order = sorted(range(len(items)), key=lambda i: (-(items[i].personalized or 0.0), i))
+        self.count("search_personalized_total")
+        return [items[i] for i in order], True
 
     def _rerank(self, query: str, items: list[RankedItem]) -> int:
         window = items[: self.rerank_window]
@@ -273,6 +334,8 @@ class SearchPipeline:
 def _fairness_scores(items: Sequence[RankedItem]) -> list[float]:
     """One scale for the fairness step's relevance: past the rerank window, where items keep
     their retrieval score, each counts as the window's lowest cross-encoder score."""
+    if items and items[0].personalized is not None:
+        return [item.score for item in items]
     scores = [item.score for item in items]
     reranked = [item.rerank for item in items if item.final is None and item.rerank is not None]
     if reranked:
@@ -282,6 +345,19 @@ def _fairness_scores(items: Sequence[RankedItem]) -> list[float]:
             for item in items
         ]
     return scores
+
+
+def _demote_out_of_stock(items: list[RankedItem]) -> list[RankedItem]:
+    """Products marked out of stock move below every other product, keeping their order."""
+    kept = [item for item in items if item.product.in_stock is not False]
+    if len(kept) == len(items):
+        return items
+    moved = []
+    for rank, item in enumerate(items, 1):
+        if item.product.in_stock is False:
+            item.stock_note = f"out of stock: moved down from rank {rank}"
+            moved.append(item)
+    return kept + moved
 
 
 def _final_name(ranker: LinearRanker | None) -> str:
@@ -305,6 +381,7 @@ def _to_hit(
         brand=product.brand,
         category=product.category,
         price=product.price,
+        in_stock=product.in_stock,
         score=item.score,
         scores=StageScores(
             bm25=candidate.bm25,
@@ -312,6 +389,7 @@ def _to_hit(
             fused=candidate.fused,
             rerank=item.rerank,
             final=item.final,
+            personal=item.personal,
         ),
         explanation=Explanation(
             bm25_rank=candidate.bm25_rank,
@@ -325,6 +403,8 @@ def _to_hit(
                 else None
             ),
             fairness_move=item.fairness_move,
+            personalization=item.signals,
+            stock=item.stock_note,
             text=product_to_text(product),
         )
         if explain

@@ -10,9 +10,10 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from indexer.settings import IndexerSettings
-from plugin.models import FairnessPolicy
+from plugin.models import FairnessPolicy, OutOfStock
 
 RerankerKind = Literal["none", "cross-encoder", "triton"]
+SessionStoreKind = Literal["memory", "redis"]
 
 
 class Settings(BaseSettings):
@@ -58,6 +59,18 @@ class Settings(BaseSettings):
             raise ValueError(f"SHOPRANK_FAIRNESS is not valid JSON ({e}): {value!r}") from e
     #: How many recent queries `amortized` fairness balances exposure over.
     fairness_window: int = Field(default=500, ge=1, le=100_000)
+    #: Where session states live: this process's memory, or Redis (shared by every server).
+    session_store: SessionStoreKind = "memory"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    #: A session is forgotten this long after its last event.
+    session_ttl_seconds: float = Field(default=86_400.0, gt=0, le=30 * 86_400)
+    #: The most sessions the in-memory store keeps (the least recently active go first).
+    max_sessions: int = Field(default=100_000, ge=1, le=10_000_000)
+    #: How much a session's history may move a result: its term, at most this in either
+    #: direction, is added to the ordering score rescaled to [0, 1]; 0 switches it off.
+    personalization_weight: float = Field(default=0.3, ge=0, le=1)
+    #: What searches do with products marked out of stock unless they say otherwise.
+    out_of_stock: OutOfStock = "demote"
     #: Key for the admin endpoints (PUT/DELETE /products); unset disables them.
     admin_api_key: SecretStr | None = None
     indexer: IndexerSettings = Field(default_factory=IndexerSettings)
