@@ -208,6 +208,9 @@ def search(
     category: Annotated[str | None, typer.Option("--category")] = None,
     price_min: Annotated[float | None, typer.Option("--price-min")] = None,
     price_max: Annotated[float | None, typer.Option("--price-max")] = None,
+    in_stock: Annotated[
+        bool, typer.Option("--in-stock", help="Leave out products marked out of stock.")
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the response as JSON.")] = False,
     explain: Annotated[bool, typer.Option("--explain")] = False,
     index: IndexOption = None,
@@ -218,7 +221,8 @@ def search(
     settings = _settings(index=index, store=store, opensearch_url=opensearch_url)
     try:
         filters = Filters(
-            brand=brand or None, category=category, price_min=price_min, price_max=price_max
+            brand=brand or None, category=category, price_min=price_min, price_max=price_max,
+            in_stock=True if in_stock else None,
         )
         request = SearchRequest(
             query=query, k=k, mode=_mode(mode), filters=filters, explain=explain
