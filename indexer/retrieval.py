@@ -5,13 +5,14 @@ The fusion lives here, not in a store, so every store fuses the same way.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 
 from indexer.fusion import DEFAULT_RRF_K, reciprocal_rank_fusion
-from indexer.store import Filters, RetrievalMode, VectorStore
+from indexer.store import Filters, RetrievalMode, ScoredId, VectorStore
 
 
 @dataclass
@@ -52,6 +53,19 @@ def retrieve(
         raise ValueError(f"mode {mode!r} needs a query vector")
     lexical = store.search_bm25(text, n, filters) if mode != "vector" else []
     semantic = store.search_vector(vector, n, filters) if vector is not None else []
+    return fuse(mode, lexical, semantic, n, rrf_k=rrf_k)
+
+
+def fuse(
+    mode: RetrievalMode,
+    lexical: Sequence[ScoredId],
+    semantic: Sequence[ScoredId],
+    n: int,
+    *,
+    rrf_k: int = DEFAULT_RRF_K,
+) -> list[Candidate]:
+    """The candidates of one mode from the two retrievers' lists (either may be empty);
+    callers that run the two searches themselves, concurrently say, fuse with this."""
     by_id: dict[str, Candidate] = {}
     for rank, hit in enumerate(lexical, start=1):
         by_id[hit.product_id] = Candidate(hit.product_id, bm25=hit.score, bm25_rank=rank)

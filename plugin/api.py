@@ -125,9 +125,7 @@ def create_app(settings: Settings | None = None, pipeline: SearchPipeline | None
         except IndexerError as e:
             logger.warning("starting without a usable index: %s", e)
         yield
-        app.state.pipeline.store.close()
-        app.state.pipeline.reranker.close()
-        app.state.pipeline.session_store.close()
+        app.state.pipeline.close()
 
     app = FastAPI(
         title="shoprank",

@@ -94,6 +94,9 @@ def build_pipeline(settings: Settings) -> SearchPipeline:
         session_store=build_session_store(settings),
         personalization_weight=settings.personalization_weight,
         out_of_stock=settings.out_of_stock,
+        rerank_budget_ms=settings.rerank_budget_ms,
+        min_rerank_window=settings.min_rerank_window,
+        concurrent_retrieval=settings.concurrent_retrieval,
     )
     if pipeline.final_needs_rerank and not pipeline.has_reranker:
         if settings.final_ranker == "default":

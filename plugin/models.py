@@ -91,6 +91,9 @@ class SearchRequest(BaseModel):
     filters: Filters | None = None
     #: None: rerank when the server has a reranker.
     rerank: bool | None = None
+    #: Latency budget (ms) up to the end of reranking: the rerank window shrinks to the
+    #: candidates predicted to fit. None: the server's setting (by default a fixed window).
+    rerank_budget_ms: float | None = Field(default=None, gt=0, le=60_000)
     #: None: apply the learned final stage when the server has one.
     final: bool | None = None
     fairness: FairnessPolicy | None = None

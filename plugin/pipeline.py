@@ -9,12 +9,13 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 from indexer.encoder import BiEncoder
-from indexer.retrieval import Candidate, retrieve
+from indexer.retrieval import Candidate, fuse
 from indexer.schema import Product, product_to_text
-from indexer.store import Filters, VectorStore, check_encoder
+from indexer.store import Filters, ScoredId, VectorStore, check_encoder
 from plugin.errors import RerankNotConfiguredError
 from plugin.fairness_stage import apply_fairness
 from plugin.models import (
@@ -27,6 +28,7 @@ from plugin.models import (
     StageScores,
 )
 from plugin.personalization import personal_terms, rescaled
+from plugin.rerank_budget import CHARS_PER_TOKEN, RerankCostModel
 from plugin.session_store import InMemorySessionStore, SessionStore, SessionStoreError
 from reranker.base import NoReranker, Reranker
 from reranker.errors import RerankerUnavailableError
@@ -93,6 +95,9 @@ class _Clock:
         self.timings[stage] = round((now - self._last) * 1000, 3)
         self._last = now
 
+    def elapsed_ms(self) -> float:
+        return (time.perf_counter() - self._start) * 1000
+
     def total(self) -> dict[str, float]:
         self.timings["total"] = round((time.perf_counter() - self._start) * 1000, 3)
         return self.timings
@@ -120,6 +125,9 @@ class SearchPipeline:
         session_store: SessionStore | None = None,
         personalization_weight: float = 0.3,
         out_of_stock: OutOfStock = "demote",
+        rerank_budget_ms: float | None = None,
+        min_rerank_window: int = 10,
+        concurrent_retrieval: bool = True,
     ) -> None:
         self.store = store
         self.encoder = encoder
@@ -138,6 +146,16 @@ class SearchPipeline:
         self.personalization_weight = personalization_weight
         #: What searches do with out-of-stock products unless they say otherwise.
         self.out_of_stock: OutOfStock = out_of_stock
+        #: A search's latency budget up to the end of reranking (None: a fixed window); the
+        #: window shrinks to what fits, never below `min_rerank_window`.
+        self.rerank_budget_ms = rerank_budget_ms
+        self.min_rerank_window = min_rerank_window
+        max_length = getattr(self.reranker, "max_length", None) or 256
+        self.rerank_cost = RerankCostModel(max_chars=int(max_length * CHARS_PER_TOKEN))
+        #: Run BM25 beside query encoding and the vector search (hybrid mode).
+        self.concurrent_retrieval = concurrent_retrieval
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_lock = threading.Lock()
         self._brands: tuple[float, dict[str, int]] | None = None
         #: Event counters, served at GET /metrics.
         self.counters: Counter[str] = Counter()
@@ -159,6 +177,23 @@ class SearchPipeline:
             cached = (time.monotonic(), self.store.brand_counts())
             self._brands = cached
         return cached[1]
+
+    def _executor(self) -> ThreadPoolExecutor:
+        if self._pool is None:
+            with self._pool_lock:
+                if self._pool is None:
+                    self._pool = ThreadPoolExecutor(max_workers=8,
+                                                    thread_name_prefix="shoprank-bm25")
+        return self._pool
+
+    def close(self) -> None:
+        """Close every collaborator (the API's lifespan calls this on shutdown)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+        self.store.close()
+        self.reranker.close()
+        self.session_store.close()
 
     def count(self, name: str) -> None:
         with self._counters_lock:
@@ -192,19 +227,38 @@ class SearchPipeline:
                 "rerank=true but the server runs without a reranker "
                 "(start it with --reranker cross-encoder --checkpoint DIR)"
             )
-        vector = None
-        if request.mode != "bm25":
-            check_encoder(self.store, self.encoder)  # cheap: the stores cache the index's stamp
-            vector = self.encoder.encode_query(request.query)
-        clock.lap("encode")
         depth = max(self.candidates, request.k)
         stock = request.out_of_stock or self.out_of_stock
         filters = request.filters
         if stock == "hide":
             filters = (filters or Filters()).model_copy(update={"in_stock": True})
-        candidates = retrieve(
-            self.store, request.mode, depth, text=request.query, vector=vector, filters=filters,
-        )
+        # In hybrid mode BM25 runs in a worker while this thread encodes the query and runs the
+        # vector search: the two round trips to OpenSearch, or BM25 and the encoder, overlap.
+        lexical: Future[list[ScoredId]] | None = None
+        if request.mode == "hybrid" and self.concurrent_retrieval:
+            lexical = self._executor().submit(
+                self.store.search_bm25, request.query, depth, filters
+            )
+        try:
+            vector = None
+            if request.mode != "bm25":
+                check_encoder(self.store, self.encoder)  # cheap: the stores cache the stamp
+                vector = self.encoder.encode_query(request.query)
+            clock.lap("encode")
+            semantic = (
+                self.store.search_vector(vector, depth, filters) if vector is not None else []
+            )
+        except BaseException:
+            if lexical is not None:
+                lexical.cancel()
+            raise
+        if lexical is not None:
+            bm25 = lexical.result()
+        elif request.mode != "vector":
+            bm25 = self.store.search_bm25(request.query, depth, filters)
+        else:
+            bm25 = []
+        candidates = fuse(request.mode, bm25, semantic, depth)
         products = self.store.get_many([c.product_id for c in candidates])
         items = [
             RankedItem(candidate, products[candidate.product_id], rank)
@@ -214,8 +268,12 @@ class SearchPipeline:
         clock.lap("retrieve")
         reranked, degraded = 0, False
         if rerank:
+            budget = request.rerank_budget_ms or self.rerank_budget_ms
             try:
-                reranked = self._rerank(request.query, items)
+                reranked = self._rerank(
+                    request.query, items,
+                    None if budget is None else budget - clock.elapsed_ms(),
+                )
             except RerankerUnavailableError as e:
                 # Fail open: retrieval order is a worse answer than reranked, but an answer.
                 logger.warning("search degraded to retrieval order: %s", e)
@@ -304,9 +362,23 @@ class SearchPipeline:
         self.count("search_personalized_total")
         return [items[i] for i in order], True
 
-    def _rerank(self, query: str, items: list[RankedItem]) -> int:
-        window = items[: self.rerank_window]
-        scores = self.reranker.score(query, [product_to_text(item.product) for item in window])
+    def _rerank(self, query: str, items: list[RankedItem], budget_ms: float | None) -> int:
+        """Rerank the first `rerank_window` items, or with a budget, as many of them as the
+        cost model predicts will fit (at least `min_rerank_window`)."""
+        texts = [product_to_text(item.product) for item in items[: self.rerank_window]]
+        chars = self.rerank_cost.chars(query, texts)
+        if budget_ms is not None:
+            size = self.rerank_cost.window(
+                chars, budget_ms=budget_ms, floor=self.min_rerank_window,
+                ceiling=self.rerank_window,
+            )
+            texts, chars = texts[:size], chars[:size]
+        window = items[: len(texts)]
+        started = time.perf_counter()
+        scores = self.reranker.score(query, texts)
+        self.rerank_cost.observe(
+            chars=sum(chars), elapsed_ms=(time.perf_counter() - started) * 1000
+        )
         for item, score in zip(window, scores, strict=True):
             item.rerank = score
         for rank, item in enumerate(sorted(window, key=_by_rerank), start=1):

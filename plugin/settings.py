@@ -40,6 +40,13 @@ class Settings(BaseSettings):
     candidates: int = Field(default=100, ge=1, le=1000)
     #: How many of the best candidates the cross-encoder rescores.
     rerank_window: int = Field(default=50, ge=1, le=1000)
+    #: A latency budget (ms) for each search up to the end of reranking: the rerank window
+    #: shrinks per query to the candidates predicted to fit (unset: always `rerank_window`).
+    rerank_budget_ms: float | None = Field(default=None, gt=0, le=60_000)
+    #: The fewest candidates a budgeted search reranks.
+    min_rerank_window: int = Field(default=10, ge=1, le=1000)
+    #: Run BM25 beside the query encoder and the vector search in hybrid mode.
+    concurrent_retrieval: bool = True
     #: The fairness policy of searches that do not name one, as JSON in the environment
     #: (SHOPRANK_FAIRNESS='{"policy": "group_cap", "cap": 3}'); unset: none.
     fairness: FairnessPolicy | None = None

@@ -1,0 +1,81 @@
+"""The adaptive rerank window: a cost model worked out by hand, and a pipeline that reranks
+fewer candidates when the budget is short, never fewer than the floor."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+import pytest
+
+from plugin.models import SearchRequest
+from plugin.pipeline import SearchPipeline
+from plugin.rerank_budget import RerankCostModel
+from tests.plugin.test_evaluate import pipeline  # noqa: F401  (fixture)
+
+
+def test_the_first_observation_sets_the_rate_and_later_ones_are_smoothed() -> None:
+    model = RerankCostModel(fixed_ms=1.0, smoothing=0.5)
+    model.observe(chars=1000, elapsed_ms=11.0)
+    assert model.ms_per_char == pytest.approx(0.01)
+    model.observe(chars=1000, elapsed_ms=21.0)
+    assert model.ms_per_char == pytest.approx(0.015)
+    assert model.predict([100, 100]) == pytest.approx(1.0 + 0.015 * 200)
+
+
+def test_the_window_is_the_longest_prefix_that_fits_and_never_below_the_floor() -> None:
+    model = RerankCostModel(fixed_ms=1.0, ms_per_char=0.01)
+    chars = [100] * 50  # 1 ms per pair
+    assert model.window(chars, budget_ms=11.0, floor=2, ceiling=50) == 10
+    assert model.window(chars, budget_ms=1000.0, floor=2, ceiling=40) == 40
+    assert model.window(chars, budget_ms=-5.0, floor=3, ceiling=40) == 3
+    assert model.window(chars[:2], budget_ms=-5.0, floor=3, ceiling=40) == 2
+    long_first = [400] * 5 + [100] * 45  # the same budget covers fewer long texts
+    assert model.window(long_first, budget_ms=11.0, floor=1, ceiling=50) == 2
+
+
+def test_lengths_are_capped_at_what_the_model_reads() -> None:
+    model = RerankCostModel(max_chars=50)
+    assert model.chars("query", ["x" * 10, "x" * 500]) == [15, 50]
+
+
+class SlowReranker:
+    """Takes 1 ms per 100 characters, like a model whose cost grows with the text."""
+
+    name = "slow"
+
+    def score(self, query: str, texts: Sequence[str]) -> list[float]:
+        time.sleep(sum(len(query) + len(text) for text in texts) / 100 / 1000)
+        return [float(-len(text)) for text in texts]
+
+    def close(self) -> None:
+        return None
+
+
+def test_a_budgeted_search_reranks_what_fits(pipeline: SearchPipeline) -> None:  # noqa: F811
+    pipeline.reranker = SlowReranker()
+    pipeline.rerank_window = 6
+    pipeline.min_rerank_window = 2
+    fixed = pipeline.search(SearchRequest(query="red shoes", mode="vector", k=6))
+    assert fixed.reranked == 6  # no budget: the whole window
+    pipeline.rerank_cost = RerankCostModel(fixed_ms=0.0, ms_per_char=10.0)  # very slow
+    tight = pipeline.search(SearchRequest(query="red shoes", mode="vector", k=6,
+                                          rerank_budget_ms=1.0))
+    assert tight.reranked == 2  # the floor
+    assert [hit.scores.rerank is not None for hit in tight.results].count(True) == 2
+    roomy = pipeline.search(SearchRequest(query="red shoes", mode="vector", k=6,
+                                          rerank_budget_ms=60_000))
+    assert roomy.reranked == 6
+
+
+def test_concurrent_retrieval_returns_what_sequential_retrieval_does(
+    pipeline: SearchPipeline,  # noqa: F811
+) -> None:
+    request = SearchRequest(query="red shoes", k=6, explain=True)
+    together = pipeline.search(request)
+    pipeline.concurrent_retrieval = False
+    one_by_one = pipeline.search(request)
+    assert [(hit.id, hit.scores) for hit in together.results] == [
+        (hit.id, hit.scores) for hit in one_by_one.results
+    ]
+    pipeline.close()
