@@ -12,6 +12,9 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
+import numpy as np
+import numpy.typing as npt
+
 from indexer.encoder import BiEncoder
 from indexer.retrieval import Candidate, fuse
 from indexer.schema import Product, product_to_text
@@ -290,7 +293,7 @@ class SearchPipeline:
             items = post_process(items)
         personalized = False
         if request.session_id is not None and request.personalize is not False:
-            items, personalized = self._personalize(request.session_id, items)
+            items, personalized = self._personalize(request.session_id, items, vector)
         clock.lap("personalize")
         fairness = None
         policy = request.fairness or self.fairness
@@ -331,7 +334,10 @@ class SearchPipeline:
         )
 
     def _personalize(
-        self, session_id: str, items: list[RankedItem]
+        self,
+        session_id: str,
+        items: list[RankedItem],
+        query_vector: npt.NDArray[np.float32] | None,
     ) -> tuple[list[RankedItem], bool]:
         """Add the session's weighted term to each candidate's rescaled score and re-sort.
 
@@ -350,7 +356,7 @@ class SearchPipeline:
             return items, False
         products = [item.product for item in items]
         vectors = self.store.vectors([p.id for p in products]) if state.profile is not None else {}
-        terms = personal_terms(state, products, vectors, time.time())
+        terms = personal_terms(state, products, vectors, time.time(), query_vector)
         if all(term.value == 0 for term in terms):
             return items, False
         base = rescaled(_fairness_scores(items))

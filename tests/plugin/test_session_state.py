@@ -77,8 +77,9 @@ def test_terms_favour_the_engaged_brand_and_stay_within_one() -> None:
         make_product("bolt", "shoe", brand="Bolt", category=["Kitchen"], price=5000.0),
     ]
     vectors = {"acme": E1, "bolt": -E1}
-    acme, bolt = personal_terms(state, products, vectors, T0 + 20)
-    assert acme.signals == {"profile": 1.0, "brand": 1.0, "category": 1.0, "price": 1.0}
+    acme, bolt = personal_terms(state, products, vectors, T0 + 20, query_vector=E1)
+    assert acme.signals == {"profile": 1.0, "brand": 1.0, "category": 1.0, "price": 1.0,
+                            "history_match": 1.0}
     assert acme.value == pytest.approx(1.0, abs=1e-6)  # every signal at its maximum
     assert bolt.signals["brand"] == 0.0 and bolt.signals["profile"] == -1.0
     assert bolt.value == pytest.approx(-SIGNAL_WEIGHTS["profile"] / sum(SIGNAL_WEIGHTS.values()),
@@ -99,3 +100,19 @@ def test_one_click_moves_less_than_a_long_history() -> None:
 def test_rescaled_maps_best_to_one_and_worst_to_zero() -> None:
     assert rescaled([3.0, 1.0, 2.0]) == [1.0, 0.0, 0.5]
     assert rescaled([0.7, 0.7]) == [1.0, 1.0]
+
+
+def test_a_history_about_something_else_does_not_steer_by_profile_or_price() -> None:
+    state = SessionState.empty("s")
+    for i in range(20):
+        state = state.applied(engagement("purchase", at=T0 + i))
+    products = [make_product("a", "x", brand="Other", price=50.0),
+                make_product("b", "y", brand="Other", price=50.0)]
+    vectors = {"a": E1, "b": -E1}
+    unrelated = personal_terms(state, products, vectors, T0 + 20, query_vector=E2)
+    assert [term.signals["history_match"] for term in unrelated] == [0.0, 0.0]
+    assert [term.value for term in unrelated] == [0.0, 0.0]
+    halfway = E1 * 0.35 + E2 * np.sqrt(1 - 0.35**2)  # cosine 0.35: half related
+    related = personal_terms(state, products, vectors, T0 + 20, query_vector=halfway)
+    assert related[0].signals["history_match"] == pytest.approx(0.5)
+    assert related[0].value > 0 > related[1].value
