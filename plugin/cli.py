@@ -324,7 +324,9 @@ def demo(
     console.print(
         f"\n[bold]shoprank demo[/] serves {url} (API docs: {url}/docs)\n"
         f"try:\n  curl -s {url}/search -H 'content-type: application/json' "
-        """-d '{"query": "wireless earbuds", "k": 5, "explain": true}'\n""",
+        """-d '{"query": "wireless earbuds", "k": 5, "explain": true}'\n"""
+        "then POST /events with a session_id, search with that session_id, and try "
+        "GET /similar/{id} and GET /recommend?session_id=... (README, \"Sessions\")\n",
         highlight=False,
         soft_wrap=True,
     )
