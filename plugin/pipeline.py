@@ -131,6 +131,7 @@ class SearchPipeline:
         rerank_budget_ms: float | None = None,
         min_rerank_window: int = 10,
         concurrent_retrieval: bool = True,
+        max_concurrent_reranks: int = 2,
     ) -> None:
         self.store = store
         self.encoder = encoder
@@ -158,6 +159,9 @@ class SearchPipeline:
         #: Run BM25 beside query encoding and the vector search (hybrid mode).
         self.concurrent_retrieval = concurrent_retrieval
         self._pool: ThreadPoolExecutor | None = None
+        #: Reranks run at most this many at a time; the others queue (and with a budget, the
+        #: wait counts against it, so a loaded server reranks fewer candidates, not slower).
+        self._rerank_slots = threading.BoundedSemaphore(max(1, max_concurrent_reranks))
         self._pool_lock = threading.Lock()
         self._brands: tuple[float, dict[str, int]] | None = None
         #: Event counters, served at GET /metrics.
@@ -373,18 +377,21 @@ class SearchPipeline:
         cost model predicts will fit (at least `min_rerank_window`)."""
         texts = [product_to_text(item.product) for item in items[: self.rerank_window]]
         chars = self.rerank_cost.chars(query, texts)
-        if budget_ms is not None:
-            size = self.rerank_cost.window(
-                chars, budget_ms=budget_ms, floor=self.min_rerank_window,
-                ceiling=self.rerank_window,
+        waited = time.perf_counter()
+        with self._rerank_slots:
+            if budget_ms is not None:
+                budget_ms -= (time.perf_counter() - waited) * 1000
+                size = self.rerank_cost.window(
+                    chars, budget_ms=budget_ms, floor=self.min_rerank_window,
+                    ceiling=self.rerank_window,
+                )
+                texts, chars = texts[:size], chars[:size]
+            started = time.perf_counter()
+            scores = self.reranker.score(query, texts)
+            self.rerank_cost.observe(
+                chars=sum(chars), elapsed_ms=(time.perf_counter() - started) * 1000
             )
-            texts, chars = texts[:size], chars[:size]
         window = items[: len(texts)]
-        started = time.perf_counter()
-        scores = self.reranker.score(query, texts)
-        self.rerank_cost.observe(
-            chars=sum(chars), elapsed_ms=(time.perf_counter() - started) * 1000
-        )
         for item, score in zip(window, scores, strict=True):
             item.rerank = score
         for rank, item in enumerate(sorted(window, key=_by_rerank), start=1):

@@ -12,7 +12,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from indexer.settings import IndexerSettings
 from plugin.models import FairnessPolicy, OutOfStock
 
-RerankerKind = Literal["none", "cross-encoder", "triton"]
+RerankerKind = Literal["none", "cross-encoder", "onnx", "triton"]
 SessionStoreKind = Literal["memory", "redis"]
 
 
@@ -29,6 +29,8 @@ class Settings(BaseSettings):
     #: The tuned artifact: loaded in process (cross-encoder), or, for triton, the one the server
     #: runs (optional; its model card gives the tokenizer's max_length).
     reranker_checkpoint: Path | None = None
+    #: Reranker "onnx": which graph of an `export onnx` folder runs (int8 unless told).
+    reranker_precision: Literal["int8", "fp32"] = "int8"
     #: The Triton server's HTTP endpoint, for reranker "triton".
     triton_url: str = "http://127.0.0.1:8000"
     #: Per-call limit on a Triton rerank; past it, search answers in retrieval order (degraded).
@@ -45,6 +47,9 @@ class Settings(BaseSettings):
     rerank_budget_ms: float | None = Field(default=None, gt=0, le=60_000)
     #: The fewest candidates a budgeted search reranks.
     min_rerank_window: int = Field(default=10, ge=1, le=1000)
+    #: Reranks that run at once (the others wait): bounds memory and keeps a loaded server's
+    #: latency from multiplying. About the machine's core count on CPU.
+    max_concurrent_reranks: int = Field(default=2, ge=1, le=256)
     #: Run BM25 beside the query encoder and the vector search in hybrid mode.
     concurrent_retrieval: bool = True
     #: The fairness policy of searches that do not name one, as JSON in the environment
