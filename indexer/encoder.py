@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -32,9 +32,13 @@ if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.base.modules import Transformer
 
+    from indexer.onnx_encoder import OnnxQueryEncoder
+
 logger = logging.getLogger(__name__)
 
 Vectors = npt.NDArray[np.float32]
+#: How `BiEncoder` encodes queries: torch, or ONNX Runtime in INT8 (``onnx-int8``) or fp32.
+QueryBackend = Literal["torch", "onnx-int8", "onnx"]
 
 #: Identity of the packaged model, also assumed for indexes written before stamps existed.
 PACKAGED_IDENTITY = "all-MiniLM-L6-v2"
@@ -263,6 +267,11 @@ class BiEncoder:
 
     Vectors are L2-normalised float32, so a dot product is the cosine similarity.
 
+    ``query_backend`` ``onnx-int8`` or ``onnx`` encodes queries with ONNX Runtime
+    (`indexer.onnx_encoder.OnnxQueryEncoder`) from an export of this encoder made on first use
+    under ``onnx_cache_dir`` (default: `IndexerSettings.onnx_cache_dir`), keyed by the
+    fingerprint. Products always go through torch: the stamp does not depend on the backend.
+
     >>> encoder = BiEncoder()
     >>> encoder.encode_query("usb c charger").shape
     (384,)
@@ -276,6 +285,8 @@ class BiEncoder:
         max_seq_length: int = 128,
         query_cache_size: int = 4096,
         device: str | None = None,
+        query_backend: QueryBackend = "torch",
+        onnx_cache_dir: Path | None = None,
     ) -> None:
         self._model_path = model_path
         self._batch_size = batch_size
@@ -286,6 +297,10 @@ class BiEncoder:
         self._cache: OrderedDict[str, Vectors] = OrderedDict()
         self._cache_size = query_cache_size
         self._cache_lock = threading.Lock()
+        self.query_backend: QueryBackend = query_backend
+        self._onnx_cache_dir = onnx_cache_dir
+        self._onnx: OnnxQueryEncoder | None = None
+        self._onnx_lock = threading.Lock()
 
     @property
     def model(self) -> SentenceTransformer:
@@ -358,7 +373,10 @@ class BiEncoder:
             if cached is not None:
                 self._cache.move_to_end(key)
                 return cached
-        vector: Vectors = self.encode_texts([key])[0]
+        if self.query_backend == "torch":
+            vector: Vectors = self.encode_texts([key])[0]
+        else:
+            vector = self.onnx_query_encoder.encode([key])[0]
         vector.setflags(write=False)
         if self._cache_size:
             with self._cache_lock:
@@ -370,3 +388,27 @@ class BiEncoder:
     def clear_cache(self) -> None:
         with self._cache_lock:
             self._cache.clear()
+
+    @property
+    def onnx_query_encoder(self) -> OnnxQueryEncoder:
+        """The ONNX Runtime query encoder, exported (once per fingerprint) on first use."""
+        if self._onnx is None:
+            with self._onnx_lock:
+                if self._onnx is None:
+                    self._onnx = self._open_onnx()
+        return self._onnx
+
+    def _open_onnx(self) -> OnnxQueryEncoder:
+        from indexer.onnx_encoder import OnnxQueryEncoder, Precision, ensure_query_export
+
+        cache_dir = self._onnx_cache_dir
+        if cache_dir is None:
+            from indexer.settings import IndexerSettings
+
+            cache_dir = IndexerSettings().onnx_cache_dir
+        folder = ensure_query_export(
+            cache_dir, self.fingerprint, lambda: self.model, source=self.identity
+        )
+        precision: Precision = "fp32" if self.query_backend == "onnx" else "int8"
+        # One short query is as fast on one thread as on two, and leaves the other cores free.
+        return OnnxQueryEncoder(folder, precision=precision, threads=1)

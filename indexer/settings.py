@@ -30,6 +30,10 @@ class IndexerSettings(BaseSettings):
     encode_batch_size: int = Field(default=64, ge=1, le=4096)
     encoder_max_seq_length: int = Field(default=128, ge=16, le=512)
     query_cache_size: int = Field(default=4096, ge=0)
+    #: How queries are encoded: ``torch`` (the default), or ONNX Runtime (``onnx-int8``,
+    #: ``onnx`` for fp32) from an export made on first use under `onnx_cache_dir`. Products are
+    #: always encoded with torch, so indexes and encoder fingerprints do not depend on this.
+    query_backend: Literal["torch", "onnx-int8", "onnx"] = "torch"
 
     #: ``local`` (embedded, the default) or ``opensearch``.
     store: Literal["local", "opensearch"] = "local"
@@ -55,3 +59,8 @@ class IndexerSettings(BaseSettings):
     @property
     def indexes_dir(self) -> Path:
         return self.home / "indexes"
+
+    @property
+    def onnx_cache_dir(self) -> Path:
+        """ONNX exports made on first use (the query encoder's), one folder per encoder."""
+        return self.home / "cache" / "onnx"
