@@ -263,7 +263,9 @@ def serve(
     port: Annotated[int | None, typer.Option("--port")] = None,
     index: IndexOption = None,
     reranker: Annotated[
-        str | None, typer.Option("--reranker", help="none, cross-encoder or triton.")
+        str | None,
+        typer.Option("--reranker", help="none, cross-encoder, onnx (an `export onnx` folder) "
+                     "or triton."),
     ] = None,
     checkpoint: Annotated[
         Path | None, typer.Option("--checkpoint", help="Cross-encoder checkpoint folder.")

@@ -54,8 +54,14 @@ def build_reranker(settings: Settings) -> Reranker:
             raise PluginError(f"reranker triton: {e}") from e
     if settings.reranker_checkpoint is None:
         raise PluginError(
-            "reranker 'cross-encoder' needs a checkpoint folder "
+            f"reranker {settings.reranker!r} needs a checkpoint folder "
             "(--checkpoint DIR or SHOPRANK_RERANKER_CHECKPOINT)"
+        )
+    if settings.reranker == "onnx":
+        from reranker.onnx_cross_encoder import OnnxCrossEncoder
+
+        return OnnxCrossEncoder(
+            settings.reranker_checkpoint, precision=settings.reranker_precision
         )
     return InProcessCrossEncoder(settings.reranker_checkpoint)
 
@@ -97,6 +103,7 @@ def build_pipeline(settings: Settings) -> SearchPipeline:
         rerank_budget_ms=settings.rerank_budget_ms,
         min_rerank_window=settings.min_rerank_window,
         concurrent_retrieval=settings.concurrent_retrieval,
+        max_concurrent_reranks=settings.max_concurrent_reranks,
     )
     if pipeline.final_needs_rerank and not pipeline.has_reranker:
         if settings.final_ranker == "default":

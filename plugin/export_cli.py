@@ -12,6 +12,7 @@ from typing import Annotated
 
 import typer
 
+from indexer.errors import IndexerError
 from plugin.settings import Settings
 from reranker.errors import RerankerError
 
@@ -72,3 +73,25 @@ def export_reranker_command(
         out.print(f"Triton at {url} now serves version {exported.version}")
     finally:
         client.close()
+
+
+@export_app.command("onnx")
+def export_onnx_command(
+    checkpoint: Annotated[
+        Path, typer.Option("--checkpoint", help="A `tune reranker` output (LoRA or full).")
+    ],
+    out_dir: Annotated[Path, typer.Option("--out", help="The folder to write.")],
+    int8: Annotated[
+        bool, typer.Option("--int8/--fp32-only", help="Also write the INT8-quantized graph.")
+    ] = True,
+) -> None:
+    """Write a tuned cross-encoder as ONNX (fp32 and INT8) for `--reranker onnx`."""
+    from plugin.cli import _fail, out
+    from reranker.onnx_export import export_onnx
+
+    try:
+        folder = export_onnx(checkpoint, out_dir, int8=int8)
+    except (RerankerError, IndexerError) as e:
+        _fail(str(e))
+    out.print(f"exported {checkpoint} to {folder}; serve it with "
+              f"`shoprank serve --reranker onnx --checkpoint {folder}`")
