@@ -30,6 +30,8 @@ def build_encoder(settings: IndexerSettings) -> BiEncoder:
         batch_size=settings.encode_batch_size,
         max_seq_length=settings.encoder_max_seq_length,
         query_cache_size=settings.query_cache_size,
+        query_backend=settings.query_backend,
+        onnx_cache_dir=settings.onnx_cache_dir,
     )
 
 
