@@ -74,7 +74,7 @@ def require_admin(
 PipelineDep = Annotated[SearchPipeline, Depends(get_pipeline)]
 
 #: The filters `GET /similar` and `GET /recommend` take as query parameters.
-_FILTER_PARAMS = ("brand", "category", "price_min", "price_max", "in_stock")
+_FILTER_PARAMS = tuple(Filters.model_fields)
 _SINGLE_EVENT: TypeAdapter[Event] = TypeAdapter(Event)
 
 
@@ -88,10 +88,12 @@ def query_filters(request: Request) -> Filters | None:
             detail=f"unknown query parameter {unknown[0]!r}; allowed: {', '.join(sorted(allowed))}",
         )
     params = request.query_params
-    values: dict[str, Any] = {name: params.get(name) for name in _FILTER_PARAMS[1:]}
-    if params.getlist("brand"):
-        values["brand"] = params.getlist("brand")
-    values = {name: value for name, value in values.items() if value is not None}
+    # Only brand takes a list (?brand=a&brand=b); every other filter is one value.
+    values: dict[str, Any] = {
+        name: params.getlist(name) if name == "brand" else params[name]
+        for name in _FILTER_PARAMS
+        if name in params
+    }
     if not values:
         return None
     try:

@@ -8,7 +8,7 @@ session's profile at once, so the session's next search sees them.
 from __future__ import annotations
 
 import math
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
 
+from indexer.schema import Product
 from indexer.store import VectorStore
 from plugin.errors import PluginError
 from plugin.models import SessionId
@@ -115,9 +116,10 @@ class EventRecorder:
     sessions: SessionStore
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
 
-    def validate(self, events: Sequence[Event]) -> None:
+    def validate(self, events: Sequence[Event]) -> dict[str, Product]:
         """Raise `EventValidationError` listing every problem (at most 20), naming each event
-        by its index in the batch and the field at fault."""
+        by its index in the batch and the field at fault; returns the products the events
+        name."""
         problems: list[str] = []
         now = self.clock()
         for index, event in enumerate(events):
@@ -150,14 +152,14 @@ class EventRecorder:
             raise EventValidationError(
                 problems[:20] + ([f"... and {more} more problems"] if more > 0 else [])
             )
+        return known
 
     def record(self, events: Sequence[Event]) -> RecordResult:
         """Validate every event, then store them: all of the batch or, on bad input, none."""
-        self.validate(events)
+        products = self.validate(events)
         engaged = [event for event in events if not isinstance(event, ImpressionEvent)]
         ids = list(dict.fromkeys(event.product_id for event in engaged))
         vectors = self.store.vectors(ids) if ids else {}
-        products = self.store.get_many(ids) if ids else {}
         by_session: dict[str, list[Event]] = defaultdict(list)
         for event in events:
             by_session[event.session_id].append(event)
@@ -198,12 +200,12 @@ def _applying(session_id: str, engagements: list[Engagement]) -> Callable[
 
 def _impression_problems(where: str, event: ImpressionEvent) -> list[str]:
     problems = []
-    positions = [item.position for item in event.items]
-    repeated = sorted({p for p in positions if positions.count(p) > 1})
+    positions = Counter(item.position for item in event.items)
+    repeated = sorted(p for p, times in positions.items() if times > 1)
     if repeated:
         problems.append(f"{where}.items: position {repeated[0]} is given to more than one product")
-    ids = [item.product_id for item in event.items]
-    twice = sorted({pid for pid in ids if ids.count(pid) > 1})
+    ids = Counter(item.product_id for item in event.items)
+    twice = sorted(pid for pid, times in ids.items() if times > 1)
     if twice:
         problems.append(f"{where}.items: product {twice[0]!r} is shown at more than one position")
     return problems
