@@ -15,6 +15,7 @@ Prints a Markdown table (nDCG@10 plain and judged-only, MRR, judged@10, and pair
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import platform
@@ -126,7 +127,7 @@ def main() -> None:
                 )
                 rerank: list[float | None] = [*scores, *[None] * (len(item.candidates)
                                                                - len(window))]
-                scored[qid] = QueryCandidates(item.query, item.candidates, item.products, rerank)
+                scored[qid] = dataclasses.replace(item, rerank=rerank)
             for qid in test:
                 window = scored[qid].candidates[: args.window]
                 order = sorted(range(len(window)), key=lambda i: -(scored[qid].rerank[i] or 0.0))

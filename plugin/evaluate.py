@@ -176,7 +176,9 @@ def _pool_query(pipeline: SearchPipeline, pool: _Pool, order: Sequence[str]) -> 
     if pipeline.has_reranker:  # a final stage that needs its score implies a reranker
         texts = [product_to_text(pool.products[pid]) for pid in order]
         rerank = list(pipeline.reranker.score(pool.query, texts))
-    return QueryCandidates(pool.query, pool.candidates(order), pool.products, rerank)
+    return QueryCandidates(
+        pool.query, pool.candidates(order), pool.products, rerank, pipeline.store.vectors(order)
+    )
 
 
 def _cross_validated(

@@ -8,6 +8,7 @@ weight tuned on the same training folds.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import random
 from collections.abc import Mapping, Sequence
@@ -22,7 +23,12 @@ from indexer.schema import Product
 from plugin.models import MAX_K, MAX_QUERY_CHARS, NO_FAIRNESS, SearchRequest
 from plugin.pipeline import SearchPipeline
 from reranker.evaluation import Gains, Qrels, gain_of, ndcg_at_k
-from reranker.features import CROSS_ENCODER_FEATURE, FEATURE_NAMES, stage_features
+from reranker.features import (
+    CROSS_ENCODER_FEATURE,
+    FEATURE_NAMES,
+    FEEDBACK_FEATURES,
+    stage_features,
+)
 from reranker.ltr import UNJUDGED_WEIGHT, LinearRanker, RankingGroup, fit_linear_ranker
 
 
@@ -34,9 +40,21 @@ class QueryCandidates:
     candidates: list[Candidate]
     products: dict[str, Product]
     rerank: list[float | None]
+    vectors: dict[str, np.ndarray[Any, np.dtype[np.float32]]]
 
     def features(self, names: Sequence[str]) -> np.ndarray[Any, np.dtype[np.float64]]:
-        return stage_features(self.query, self.candidates, self.products, self.rerank, names)
+        key = tuple(names)
+        cached = self._features.get(key)
+        if cached is None:  # cross-validation asks for the same matrix many times
+            cached = stage_features(
+                self.query, self.candidates, self.products, self.rerank, names, self.vectors
+            )
+            self._features[key] = cached
+        return cached
+
+    @functools.cached_property
+    def _features(self) -> dict[tuple[str, ...], np.ndarray[Any, np.dtype[np.float64]]]:
+        return {}
 
     def ranked_by(self, ranker: LinearRanker) -> list[str]:
         scores = ranker.score(self.features(ranker.feature_names))
@@ -65,15 +83,19 @@ def collect_candidates(
             for hit in hits
         ]
         products = pipeline.store.get_many([c.product_id for c in candidates])
+        kept = [c for c in candidates if c.product_id in products]
         collected[qid] = QueryCandidates(
-            request.query, [c for c in candidates if c.product_id in products], products,
+            request.query, kept, products,
             [hit.scores.rerank for hit in hits if hit.id in products],
+            pipeline.store.vectors([c.product_id for c in kept]),
         )
     return collected
 
 
 def feature_names(with_cross_encoder: bool) -> tuple[str, ...]:
-    return (*FEATURE_NAMES, CROSS_ENCODER_FEATURE) if with_cross_encoder else FEATURE_NAMES
+    """The features a final stage fitted now uses."""
+    names = (*FEATURE_NAMES, *FEEDBACK_FEATURES)
+    return (*names, CROSS_ENCODER_FEATURE) if with_cross_encoder else names
 
 
 #: Regularisation strengths the inner cross-validation chooses from (strongest wins ties).

@@ -37,7 +37,7 @@ from reranker.base import NoReranker, Reranker
 from reranker.errors import RerankerUnavailableError
 from reranker.exposure_store import InMemoryExposureStore
 from reranker.fairness import ExposureStore
-from reranker.features import CROSS_ENCODER_FEATURE, stage_features
+from reranker.features import CROSS_ENCODER_FEATURE, needs_vectors, stage_features
 from reranker.ltr import LinearRanker
 
 logger = logging.getLogger(__name__)
@@ -403,12 +403,16 @@ class SearchPipeline:
         """Order every candidate by the learned final stage's score."""
         if not items:
             return items
+        # Features read the candidates in retrieval order (feedback compares with its head).
+        items = sorted(items, key=lambda item: item.retrieval_rank)
+        ids = [item.product.id for item in items]
         features = stage_features(
             query,
             [item.candidate for item in items],
             {item.product.id: item.product for item in items},
             [item.rerank for item in items],
             ranker.feature_names,
+            self.store.vectors(ids) if needs_vectors(ranker.feature_names) else None,
         )
         for item, row, score in zip(items, features, ranker.score(features), strict=True):
             item.final = float(score)

@@ -198,8 +198,66 @@ def candidate_features(
     return np.asarray(rows, dtype=np.float64).reshape(len(candidates), len(FEATURE_NAMES))
 
 
+#: Pseudo-relevance feedback: how much a candidate resembles the head of the retrieval list.
+#: Shoppers' queries are short and ambiguous; the first few fused results usually settle
+#: what kind of product is meant, and a candidate unlike all of them is seldom what was wanted.
+FEEDBACK_FEATURES: tuple[str, ...] = (
+    "feedback_cosine",  # cosine of the product's embedding with the centroid of the head's
+    "feedback_title_overlap",  # mean share of its title terms found in each head title
+)
+
+#: How many candidates, in retrieval order, form the head that feedback compares with.
+FEEDBACK_DEPTH = 5
+
 #: The optional column a final stage can add: the cross-encoder's score.
 CROSS_ENCODER_FEATURE = "cross_encoder"
+
+#: The feature sets a final stage may use, in column order.
+KNOWN_FEATURE_SETS: tuple[tuple[str, ...], ...] = (
+    FEATURE_NAMES,
+    (*FEATURE_NAMES, CROSS_ENCODER_FEATURE),
+    (*FEATURE_NAMES, *FEEDBACK_FEATURES),
+    (*FEATURE_NAMES, *FEEDBACK_FEATURES, CROSS_ENCODER_FEATURE),
+)
+
+
+def feedback_features(
+    candidates: Sequence[Candidate],
+    products: Mapping[str, Product],
+    vectors: Mapping[str, npt.NDArray[np.float32]],
+) -> npt.NDArray[np.float64]:
+    """An ``(n, len(FEEDBACK_FEATURES))`` matrix for candidates in retrieval order.
+
+    The head is the first `FEEDBACK_DEPTH` candidates (a head product is compared with the head
+    it belongs to). A candidate without a stored embedding gets cosine 0.
+
+    >>> rows = feedback_features(candidates, products, vectors)
+    >>> dict(zip(FEEDBACK_FEATURES, rows[0]))["feedback_title_overlap"]
+    1.0
+    """
+    head = candidates[:FEEDBACK_DEPTH]
+    head_titles = [set(product_terms(products[c.product_id]).title_terms) for c in head]
+    head_vectors = [vectors[c.product_id] for c in head if c.product_id in vectors]
+    centroid = np.mean(head_vectors, axis=0) if head_vectors else None
+    if centroid is not None and float(np.linalg.norm(centroid)) > 0:
+        centroid = centroid / np.linalg.norm(centroid)
+    rows = []
+    for candidate in candidates:
+        title = set(product_terms(products[candidate.product_id]).title_terms)
+        overlap = (
+            sum(len(title & other) for other in head_titles) / (len(head_titles) * len(title))
+            if title and head_titles
+            else 0.0
+        )
+        vector = vectors.get(candidate.product_id)
+        cosine = 0.0 if vector is None or centroid is None else float(vector @ centroid)
+        rows.append([cosine, overlap])
+    return np.asarray(rows, dtype=np.float64).reshape(len(candidates), len(FEEDBACK_FEATURES))
+
+
+def needs_vectors(feature_names: Sequence[str]) -> bool:
+    """Whether a final stage with these features reads the candidates' stored embeddings."""
+    return FEEDBACK_FEATURES[0] in feature_names
 
 
 def stage_features(
@@ -208,21 +266,28 @@ def stage_features(
     products: Mapping[str, Product],
     rerank_scores: Sequence[float | None],
     feature_names: Sequence[str],
+    vectors: Mapping[str, npt.NDArray[np.float32]] | None = None,
 ) -> npt.NDArray[np.float64]:
     """The feature matrix a final stage with ``feature_names`` expects.
 
+    ``candidates`` come in retrieval order (the feedback features read the head of it).
     ``rerank_scores`` holds the cross-encoder score of each candidate, None outside the rerank
     window; those get the lowest score of the window, as a cut-off bounds them above.
+    ``vectors`` holds the candidates' stored embeddings, needed by `FEEDBACK_FEATURES`.
     """
-    matrix = candidate_features(query, candidates, products)
-    if tuple(feature_names) == FEATURE_NAMES:
-        return matrix
-    if tuple(feature_names) != (*FEATURE_NAMES, CROSS_ENCODER_FEATURE):
+    names = tuple(feature_names)
+    if names not in KNOWN_FEATURE_SETS:
         raise ValueError(
-            f"unknown final-stage features {tuple(feature_names)}; this version computes "
-            f"{FEATURE_NAMES} (+ {CROSS_ENCODER_FEATURE!r})"
+            f"unknown final-stage features {names}; this version computes {FEATURE_NAMES} "
+            f"(+ {FEEDBACK_FEATURES}) (+ {CROSS_ENCODER_FEATURE!r})"
         )
-    if all(score is None for score in rerank_scores):
-        raise ValueError("this final stage needs cross-encoder scores, and none were computed")
-    column = np.asarray(_filled(list(rerank_scores)), dtype=np.float64)[:, None]
-    return np.hstack([matrix, column])
+    columns = [candidate_features(query, candidates, products)]
+    if needs_vectors(names):
+        if vectors is None:
+            raise ValueError("this final stage needs the candidates' stored embeddings")
+        columns.append(feedback_features(candidates, products, vectors))
+    if CROSS_ENCODER_FEATURE in names:
+        if all(score is None for score in rerank_scores):
+            raise ValueError("this final stage needs cross-encoder scores, and none were computed")
+        columns.append(np.asarray(_filled(list(rerank_scores)), dtype=np.float64)[:, None])
+    return np.hstack(columns)

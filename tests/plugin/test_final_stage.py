@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import pytest
 
+from indexer.retrieval import Candidate
 from plugin.errors import RerankNotConfiguredError
 from plugin.final_stage import FusionParameters, folds_of, fused, tune_fusion
 from plugin.models import SearchRequest
 from plugin.pipeline import SearchPipeline
-from reranker.features import FEATURE_NAMES
+from reranker.features import FEATURE_NAMES, FEEDBACK_FEATURES, feedback_features
 from reranker.ltr import LinearRanker
 from tests.plugin.test_evaluate import pipeline  # noqa: F401  (fixture)
 
@@ -33,6 +34,30 @@ def test_final_stage_orders_by_its_score_and_explains_it(pipeline: SearchPipelin
     assert lexical.final_stage == "none"  # learned on hybrid candidates: hybrid only
     with pytest.raises(RerankNotConfiguredError, match="needs mode 'hybrid'"):
         pipeline.search(SearchRequest(query="red summer dress", mode="bm25", final=True))
+
+
+def test_a_final_stage_with_feedback_reads_the_stored_embeddings(pipeline: SearchPipeline) -> None:  # noqa: F811
+    names = (*FEATURE_NAMES, *FEEDBACK_FEATURES)
+    weights = [1.0 if name == "feedback_cosine" else 0.0 for name in names]
+    pipeline.final_ranker = LinearRanker(names, tuple(weights), card={"name": "feedback"})
+    response = pipeline.search(SearchRequest(query="red summer dress", explain=True))
+    plain = pipeline.search(SearchRequest(query="red summer dress", final=False, explain=True))
+    retrieval = [hit.id for hit in plain.results]  # no final stage: retrieval order
+    ids = [hit.id for hit in response.results]
+    assert sorted(ids) == sorted(retrieval)
+    by_id = {hit.id: hit for hit in plain.results}
+    candidates = [
+        Candidate(pid, bm25=by_id[pid].scores.bm25, vector=by_id[pid].scores.vector)
+        for pid in retrieval
+    ]
+    expected = feedback_features(
+        candidates, pipeline.store.get_many(retrieval), pipeline.store.vectors(retrieval)
+    )[:, 0]
+    served = {hit.id: hit.scores.final for hit in response.results}
+    assert [served[pid] for pid in retrieval] == pytest.approx(expected.tolist())
+    top = response.results[0]
+    assert top.explanation is not None and top.explanation.final_contributions is not None
+    assert top.explanation.final_contributions["feedback_cosine"] == pytest.approx(expected.max())
 
 
 def test_asking_for_a_final_stage_the_server_lacks_is_an_error(pipeline: SearchPipeline) -> None:  # noqa: F811

@@ -12,7 +12,10 @@ from reranker.errors import CheckpointError
 from reranker.features import (
     CROSS_ENCODER_FEATURE,
     FEATURE_NAMES,
+    FEEDBACK_DEPTH,
+    FEEDBACK_FEATURES,
     candidate_features,
+    feedback_features,
     stage_features,
 )
 from reranker.ltr import LinearRanker, RankingGroup, fit_linear_ranker
@@ -90,6 +93,40 @@ def test_cross_encoder_column_fills_the_unscored_with_the_lowest_score() -> None
     assert matrix[:, -1].tolist() == [2.0, -1.0, -1.0]
     with pytest.raises(ValueError, match="unknown final-stage features"):
         stage_features("a", candidates, products, [None] * 3, ("bm25_relative",))
+
+
+def _unit(*values: float) -> np.ndarray:
+    vector = np.asarray(values, dtype=np.float32)
+    return vector / np.linalg.norm(vector)
+
+
+def test_feedback_compares_each_candidate_with_the_head_of_the_list() -> None:
+    # Five lamps head the list; a chair further down resembles none of them.
+    titles = ["desk lamp", "desk lamp led", "floor lamp", "lamp shade", "desk lamp", "desk chair"]
+    ids = [f"p{i}" for i in range(len(titles))]
+    products = {pid: make_product(pid, title) for pid, title in zip(ids, titles, strict=True)}
+    candidates = [Candidate(pid, bm25=1.0, bm25_rank=i) for i, pid in enumerate(ids, 1)]
+    vectors = {pid: _unit(1.0, 0.0) for pid in ids[:FEEDBACK_DEPTH]} | {"p5": _unit(0.0, 1.0)}
+    rows = feedback_features(candidates, products, vectors)
+    first, chair = (dict(zip(FEEDBACK_FEATURES, rows[i], strict=True)) for i in (0, 5))
+    assert first["feedback_cosine"] == pytest.approx(1.0)
+    assert chair["feedback_cosine"] == pytest.approx(0.0, abs=1e-6)
+    # "desk lamp": both terms in 3 head titles, one ("lamp") in the other 2: (2+2+1+1+2)/(5*2)
+    assert first["feedback_title_overlap"] == pytest.approx(0.8)
+    # "desk chair": "desk" in 3 head titles, "chair" in none: 3 / (5 * 2)
+    assert chair["feedback_title_overlap"] == pytest.approx(0.3)
+
+
+def test_feedback_without_a_stored_embedding_scores_zero_and_needs_the_vectors() -> None:
+    products = {p: make_product(p, p) for p in ("a", "b")}
+    candidates = [Candidate(p, bm25=1.0, bm25_rank=i) for i, p in enumerate("ab", 1)]
+    rows = feedback_features(candidates, products, {"a": _unit(1.0, 1.0)})
+    assert rows[1, 0] == 0.0 and rows[0, 0] == pytest.approx(1.0)
+    names = (*FEATURE_NAMES, *FEEDBACK_FEATURES)
+    with pytest.raises(ValueError, match="stored embeddings"):
+        stage_features("a", candidates, products, [None, None], names)
+    matrix = stage_features("a", candidates, products, [None, None], names, {})
+    assert matrix.shape == (2, len(names))
 
 
 def test_cached_terms_follow_a_changed_product() -> None:
