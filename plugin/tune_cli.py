@@ -325,12 +325,16 @@ def tune_encoder(
 
 @tune_app.command("ranker")
 def tune_ranker(
-    catalog: CatalogOption,
-    queries: QueriesOption,
-    qrels: QrelsOption,
+    catalog: Annotated[list[Path], typer.Option(
+        "--catalog", "-c", help="JSONL or JSONL.gz catalog; repeat --catalog, --queries and "
+        "--qrels (in the same order) to fit one ranker on several shops.")],
+    queries: Annotated[list[Path], typer.Option("--queries", "-q", help="qid<TAB>text lines.")],
+    qrels: Annotated[list[Path], typer.Option("--qrels", help="TREC qrels (qid 0 docid grade).")],
     out_file: Annotated[Path, typer.Option("--out", "-o", help="JSON file to write.")],
     esci: EsciOption = False,
-    index: IndexOption = None,
+    index: Annotated[list[str] | None, typer.Option(
+        "--index", help="Index to read candidates from, one per --catalog (default: eval's "
+        "index for the catalog, built if missing).")] = None,
     reranker: Annotated[
         str | None, typer.Option("--reranker", help="cross-encoder: add its score as a feature.")
     ] = None,
@@ -350,36 +354,58 @@ def tune_ranker(
     from plugin.cli import _eval_index_name, _fail, _index_exists, _reindex, _settings, console
     from plugin.components import build_pipeline
     from plugin.final_stage import (
+        QueryCandidates,
         collect_candidates,
         cross_validated_final,
         fit_final_stage,
         folds_of,
     )
-    from reranker.evaluation import evaluate_run
+    from reranker.evaluation import Qrels, evaluate_run
 
-    _check_catalog_and_out(catalog)
-    settings = _settings(
-        index=index or _eval_index_name(catalog), reranker=reranker,
-        reranker_checkpoint=checkpoint, final_ranker="none",
-    )
+    if not len(catalog) == len(queries) == len(qrels) or (index and len(index) != len(catalog)):
+        _fail(
+            f"give --queries, --qrels (and --index, if any) once per --catalog: got "
+            f"{len(catalog)} --catalog, {len(queries)} --queries, {len(qrels)} --qrels"
+            + (f", {len(index)} --index" if index else "")
+        )
     gains = ESCI_GAINS if esci else None
+    started = time.perf_counter()
+    collected: dict[str, QueryCandidates] = {}
+    judgments: Qrels = {}
+    has_reranker = False
+    for number, path in enumerate(catalog):
+        _check_catalog_and_out(path)
+        settings = _settings(
+            index=index[number] if index else _eval_index_name(path), reranker=reranker,
+            reranker_checkpoint=checkpoint, final_ranker="none",
+        )
+        try:
+            query_texts = load_queries(queries[number])
+            shop_judgments = load_qrels(qrels[number])
+        except RerankerError as e:
+            _fail(str(e))
+        judged = {qid: text for qid, text in query_texts.items() if qid in shop_judgments}
+        if not _index_exists(settings):
+            indexing_started = time.perf_counter()
+            _reindex(settings, path, strict=False)
+            started += time.perf_counter() - indexing_started  # fitting time only
+        try:
+            pipeline = build_pipeline(settings)
+            has_reranker = pipeline.has_reranker
+            shop = collect_candidates(pipeline, judged, rerank=has_reranker)
+        except (IndexerError, RerankerError, PluginError) as e:
+            _fail(str(e), code=1)
+        # Query ids of different shops may clash: prefix them when there are several.
+        prefix = f"{number}:" if len(catalog) > 1 else ""
+        collected.update({prefix + qid: item for qid, item in shop.items()})
+        judgments.update({prefix + qid: shop_judgments[qid] for qid in shop})
+    if len(collected) < cv:
+        _fail(f"--cv {cv} needs at least {cv} judged queries, the --queries files hold "
+              f"{len(collected)}")
     try:
-        query_texts = load_queries(queries)
-        judgments = load_qrels(qrels)
-    except RerankerError as e:
-        _fail(str(e))
-    judged = {qid: text for qid, text in query_texts.items() if qid in judgments}
-    if len(judged) < cv:
-        _fail(f"--cv {cv} needs at least {cv} judged queries, {queries} has {len(judged)}")
-    if not _index_exists(settings):
-        _reindex(settings, catalog, strict=False)
-    try:
-        pipeline = build_pipeline(settings)
-        started = time.perf_counter()
-        collected = collect_candidates(pipeline, judged, rerank=pipeline.has_reranker)
-        folds = folds_of(list(judged), cv, seed)
+        folds = folds_of(list(collected), cv, seed)
         estimate = cross_validated_final(
-            collected, judgments, folds, gains=gains, with_cross_encoder=pipeline.has_reranker
+            collected, judgments, folds, gains=gains, with_cross_encoder=has_reranker
         )
         hybrid = {qid: [c.product_id for c in item.candidates] for qid, item in collected.items()}
         scores = {
@@ -388,20 +414,20 @@ def tune_ranker(
         }
         card = {
             "name": out_file.stem,
-            "catalog": _catalog_label(catalog),
-            "queries": len(judged),
+            "catalog": ", ".join(_catalog_label(path) for path in catalog),
+            "queries": len(collected),
             "gains": "esci" if esci else "exponential",
-            "cross_encoder": str(checkpoint) if pipeline.has_reranker else None,
+            "cross_encoder": str(checkpoint) if has_reranker else None,
             f"cv{cv}_ndcg@10": scores,
             "cv_seed": seed,
             "cv_note": (
                 "folds hold out queries from the linear stage only; the cross-encoder may have "
-                "been tuned on them" if pipeline.has_reranker else "folds hold out whole queries"
+                "been tuned on them" if has_reranker else "folds hold out whole queries"
             ),
         }
         ranker = fit_final_stage(
-            collected, judgments, list(judged), gains=gains,
-            with_cross_encoder=pipeline.has_reranker, card=card,
+            collected, judgments, list(collected), gains=gains,
+            with_cross_encoder=has_reranker, card=card,
         )
         card["training_seconds"] = round(time.perf_counter() - started, 1)
         ranker.save(out_file)
@@ -415,6 +441,6 @@ def tune_ranker(
         table.add_row(name, f"{weight:+.3f}", f"{ranker.importance()[name]:+.3f}")
     console.print(table)
     console.print(
-        f"{cv}-fold nDCG@10 on {len(judged)} queries: hybrid {scores['hybrid']:.4f}, "
+        f"{cv}-fold nDCG@10 on {len(collected)} queries: hybrid {scores['hybrid']:.4f}, "
         f"final {scores['final']:.4f} ({card['training_seconds']} s)"
     )

@@ -37,3 +37,16 @@ def test_strict_reindex_writes_nothing(tmp_path: Path, _isolated_home: Path) -> 
     assert result.exit_code == 2
     assert "line 2" in result.output and "price" in result.output
     assert not (_isolated_home / "indexes" / "default" / "CURRENT").exists()
+
+
+def test_tune_ranker_needs_queries_and_qrels_for_every_catalog(tmp_path: Path) -> None:
+    catalog = tmp_path / "c.jsonl"
+    catalog.write_text('{"id": "a", "title": "ok"}\n')
+    result = runner.invoke(app, [
+        "tune", "ranker", "--catalog", str(catalog), "--catalog", str(catalog),
+        "--queries", str(tmp_path / "q.tsv"), "--qrels", str(tmp_path / "r.txt"),
+        "--out", str(tmp_path / "r.json"),
+    ])
+    assert result.exit_code == 2
+    assert "2 --catalog, 1 --queries, 1 --qrels" in " ".join(result.output.split())
+    assert not (tmp_path / "r.json").exists()

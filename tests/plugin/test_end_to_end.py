@@ -18,6 +18,7 @@ import httpx
 import pytest
 
 from indexer.opensearch_store import OpenSearchStore
+from reranker.ltr import LinearRanker
 from tests.conftest import demo_slice
 from tests.indexer.store_factories import OPENSEARCH_URL, STORE_KINDS, opensearch_settings
 
@@ -215,6 +216,26 @@ def test_cli_eval_reports_metrics_and_writes_a_trec_run(
     lines = run.read_text().splitlines()
     assert lines[0].split()[:4] == ["t0", "Q0", lines[0].split()[2], "1"]
     assert len({line.split()[0] for line in lines}) == 20
+
+
+def test_cli_tune_ranker_fits_one_ranker_on_several_catalogs(
+    home: Deployment, records: list[dict[str, Any]], tmp_path: Path
+) -> None:
+    catalog = home.home.parent / "slice.jsonl"
+    args = []
+    for shop, sample in (("a", records[:12]), ("b", records[12:24])):
+        queries, qrels = tmp_path / f"{shop}.tsv", tmp_path / f"{shop}.txt"
+        # The same query ids in both shops: they must not overwrite each other.
+        queries.write_text("".join(f"t{i}\t{r['title'][:80]}\n" for i, r in enumerate(sample)))
+        qrels.write_text("".join(f"t{i} 0 {r['id']} 3\n" for i, r in enumerate(sample)))
+        args += ["--catalog", str(catalog), "--queries", str(queries), "--qrels", str(qrels),
+                 "--index", home.env["SHOPRANK_INDEX"]]
+    out = tmp_path / "ranker.json"
+    shoprank("tune", "ranker", *args, "--cv", "2", "--out", str(out), home=home)
+    ranker = LinearRanker.load(out)
+    assert ranker.card["queries"] == 24
+    assert str(ranker.card["catalog"]).count("slice.jsonl") == 2
+    assert "feedback_cosine" in ranker.feature_names
 
 
 def test_admin_put_is_searchable_within_a_second_and_delete_removes(server: str) -> None:
