@@ -203,7 +203,8 @@ def bench_indexing(sizes: Sizes, scratch: Path) -> dict[str, Any]:
                  "mean_tokens_untruncated": tokens(everything),
                  "mean_tokens_encoded": tokens(everything, encoder.max_seq_length),
                  "method": f"index_products: BiEncoder batch {settings.encode_batch_size}, "
-                           f"max_seq_length {encoder.max_seq_length}, + LocalStore write"},
+                           f"max_seq_length {encoder.max_seq_length}, text and title "
+                           "embeddings (the naive loop encodes texts only), + LocalStore write"},
         "naive": {"products": len(naive_products), "seconds": naive_s, "products_per_s": naive,
                   "mean_tokens_untruncated": tokens(chosen),
                   "mean_tokens_encoded": tokens(chosen, naive_model.max_seq_length),

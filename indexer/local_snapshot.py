@@ -16,6 +16,9 @@ from indexer.lexical import LexicalIndex
 from indexer.schema import LEXICAL_FIELDS, Product, lexical_texts
 from indexer.store import Filters, ScoredId
 
+#: A live upsert: the product, its text embedding and its title embedding (None if not given).
+Upsert = tuple[Product, npt.NDArray[np.float32], npt.NDArray[np.float32] | None]
+
 
 @dataclass(frozen=True)
 class Snapshot:
@@ -25,6 +28,8 @@ class Snapshot:
     rows: dict[str, int]
     ids: npt.NDArray[np.str_]
     vectors: npt.NDArray[np.float32]
+    #: one title embedding per row; a zero row where none was stored
+    title_vectors: npt.NDArray[np.float32]
     lexical: dict[str, LexicalIndex]
     brand_keys: npt.NDArray[np.str_]
     prices: npt.NDArray[np.float64]
@@ -41,6 +46,7 @@ class Snapshot:
         manifest: dict[str, Any],
         products: list[Product],
         vectors: npt.NDArray[np.float32],
+        title_vectors: npt.NDArray[np.float32] | None,
         lexical: dict[str, LexicalIndex],
         log_offset: int = 0,
     ) -> Snapshot:
@@ -55,6 +61,7 @@ class Snapshot:
             rows={product.id: row for row, product in enumerate(products)},
             ids=np.array([product.id for product in products], dtype=np.str_),
             vectors=vectors,
+            title_vectors=np.zeros_like(vectors) if title_vectors is None else title_vectors,
             lexical=lexical,
             brand_keys=np.array(
                 [(product.brand or "").lower() for product in products], dtype=np.str_
@@ -70,7 +77,7 @@ class Snapshot:
 
     def applied(
         self,
-        upserts: dict[str, tuple[Product, npt.NDArray[np.float32]]],
+        upserts: dict[str, Upsert],
         deletes: set[str],
         log_offset: int,
     ) -> Snapshot:
@@ -78,29 +85,36 @@ class Snapshot:
         keep = [row for row, p in enumerate(self.products) if p.id not in deletes]
         products = [self.products[row] for row in keep]
         vectors = self.vectors[keep]
+        title_vectors = self.title_vectors[keep]
         term_rows = {
             field: [index.rows[row] for row in keep] for field, index in self.lexical.items()
         }
         positions = {p.id: i for i, p in enumerate(products)}
-        added_vectors = []
-        for product, vector in upserts.values():
+        added_vectors, added_titles = [], []
+        for product, vector, title_vector in upserts.values():
+            title = np.zeros_like(vector) if title_vector is None else title_vector
             texts = lexical_texts(product)
             position = positions.get(product.id)
             if position is None:
                 positions[product.id] = len(products)
                 products.append(product)
                 added_vectors.append(vector)
+                added_titles.append(title)
                 for field in LEXICAL_FIELDS:
                     term_rows[field].append(self.lexical[field].row_for(texts[field]))
             else:
                 products[position] = product
                 vectors[position] = vector
+                title_vectors[position] = title
                 for field in LEXICAL_FIELDS:
                     term_rows[field][position] = self.lexical[field].row_for(texts[field])
         if added_vectors:
             vectors = np.vstack([vectors, np.stack(added_vectors)]).astype(np.float32)
+            title_vectors = np.vstack([title_vectors, np.stack(added_titles)]).astype(np.float32)
         lexical = {field: self.lexical[field].with_rows(term_rows[field]) for field in self.lexical}
-        return Snapshot.build(self.version, self.manifest, products, vectors, lexical, log_offset)
+        return Snapshot.build(
+            self.version, self.manifest, products, vectors, title_vectors, lexical, log_offset
+        )
 
     def bm25_scores(self, text: str) -> npt.NDArray[np.float32]:
         """Weighted sum of each lexical field's BM25 scores (OpenSearch's ``most_fields``)."""

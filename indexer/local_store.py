@@ -9,6 +9,7 @@ Layout under ``<home>/indexes/<name>/``::
                           the encoder that wrote the vectors
         products.jsonl    the validated records
         vectors.npy       float32, one L2-normalised row per product
+        title_vectors.npy the same for the titles alone (absent in versions written without)
         bm25/<field>/     one lexical index per field of LEXICAL_FIELDS
         updates.jsonl     live upserts and deletes since the version was built
 
@@ -42,7 +43,7 @@ from indexer.analysis import ANALYZER_VERSION
 from indexer.encoder import EncoderStamp
 from indexer.errors import DimensionMismatchError, IndexNotFoundError, StoreError
 from indexer.lexical import LexicalIndex
-from indexer.local_snapshot import Snapshot
+from indexer.local_snapshot import Snapshot, Upsert
 from indexer.schema import LEXICAL_FIELDS, Product, lexical_texts
 from indexer.store import Filters, ScoredId, check_rebuild, check_vectors
 
@@ -54,6 +55,7 @@ _MANIFEST = "manifest.json"
 _UPDATES = "updates.jsonl"
 _BUILDING_PREFIX = ".building-"
 _ENCODER = "encoder"
+_TITLE_VECTORS = "title_vectors.npy"
 
 
 class LocalStore:
@@ -116,6 +118,8 @@ class LocalStore:
             with (folder / "products.jsonl").open(encoding="utf-8") as handle:
                 products = [Product.model_validate_json(line) for line in handle]
             vectors = np.load(folder / "vectors.npy")
+            titles = folder / _TITLE_VECTORS
+            title_vectors = np.load(titles) if titles.is_file() else None
             lexical = {name: LexicalIndex.load(folder / "bm25" / name) for name in LEXICAL_FIELDS}
         except (OSError, ValueError, KeyError) as e:
             raise StoreError(f"index version {folder} is unreadable: {e}") from e
@@ -124,13 +128,16 @@ class LocalStore:
                 f"index version {folder} was built with analyzer {manifest.get('analyzer')!r}, "
                 f"this shoprank analyses text with {ANALYZER_VERSION!r}: run `shoprank reindex`"
             )
-        if len(products) != vectors.shape[0]:
+        if len(products) != vectors.shape[0] or (
+            title_vectors is not None and title_vectors.shape != vectors.shape
+        ):
             raise StoreError(
-                f"index version {folder} is inconsistent: "
-                f"{len(products)} products but {vectors.shape[0]} vectors"
+                f"index version {folder} is inconsistent: {len(products)} products but "
+                f"{vectors.shape[0]} vectors"
+                + ("" if title_vectors is None else f" and {title_vectors.shape[0]} title vectors")
             )
         logger.info("opened index %s (%d products)", folder, len(products))
-        return Snapshot.build(version, manifest, products, vectors, lexical)
+        return Snapshot.build(version, manifest, products, vectors, title_vectors, lexical)
 
     def _replay(self, snapshot: Snapshot) -> Snapshot:
         """Apply the log lines written since this snapshot was taken."""
@@ -141,7 +148,7 @@ class LocalStore:
             return snapshot
         if size <= snapshot.log_offset:
             return snapshot
-        upserts: dict[str, tuple[Product, npt.NDArray[np.float32]]] = {}
+        upserts: dict[str, Upsert] = {}
         deletes: set[str] = set()
         with log.open("rb") as handle:
             handle.seek(snapshot.log_offset)
@@ -154,7 +161,10 @@ class LocalStore:
                 if entry["op"] == "upsert":
                     product = Product.model_validate(entry["product"])
                     vector = np.asarray(entry["vector"], dtype=np.float32)
-                    upserts[product.id] = (product, vector)
+                    title = entry.get("title_vector")
+                    upserts[product.id] = (
+                        product, vector, None if title is None else np.asarray(title, np.float32)
+                    )
                     deletes.discard(product.id)
                 else:
                     upserts.pop(entry["id"], None)
@@ -201,6 +211,15 @@ class LocalStore:
             pid: state.vectors[state.rows[pid]].copy() for pid in product_ids if pid in state.rows
         }
 
+    def title_vectors(self, product_ids: Sequence[str]) -> dict[str, npt.NDArray[np.float32]]:
+        state = self._state()
+        rows = {pid: state.rows[pid] for pid in product_ids if pid in state.rows}
+        return {
+            pid: state.title_vectors[row].copy()
+            for pid, row in rows.items()
+            if state.title_vectors[row].any()  # a zero row: written without one
+        }
+
     def search_bm25(self, text: str, n: int, filters: Filters | None = None) -> list[ScoredId]:
         state = self._state()
         return state.top(state.bm25_scores(text), n, state.mask(filters), positive_only=True)
@@ -235,15 +254,22 @@ class LocalStore:
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
-    def upsert(self, products: Sequence[Product], vectors: npt.NDArray[np.float32]) -> int:
+    def upsert(
+        self,
+        products: Sequence[Product],
+        vectors: npt.NDArray[np.float32],
+        title_vectors: npt.NDArray[np.float32] | None = None,
+    ) -> int:
         """Add or replace products; searchable in this process at once. Returns the count."""
-        check_vectors(products, vectors)
+        check_vectors(products, vectors, title_vectors)
         self._check_dimension(vectors.shape[1], self._state(force=True))
+        titles = [None] * len(products) if title_vectors is None else list(title_vectors)
         lines = [
             json.dumps(
                 {"op": "upsert", "product": p.model_dump(mode="json"), "vector": v.tolist()}
+                | ({} if t is None else {"title_vector": t.tolist()})
             )
-            for p, v in zip(products, vectors, strict=True)
+            for p, v, t in zip(products, vectors, titles, strict=True)
         ]
         self._append_log(lines)
         return len(lines)
@@ -274,11 +300,12 @@ class LocalStore:
         products: Sequence[Product],
         vectors: npt.NDArray[np.float32],
         *,
+        title_vectors: npt.NDArray[np.float32] | None = None,
         metadata: dict[str, Any] | None = None,
         encoder: EncoderStamp | None = None,
     ) -> str:
         """Write a complete new version, then make it the serving one. Returns its name."""
-        check_rebuild(products, vectors)
+        check_rebuild(products, vectors, title_vectors)
         with self._writer():
             self._remove_leftovers()
             stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")  # sorts by age
@@ -288,7 +315,7 @@ class LocalStore:
             manifest = dict(metadata or {})
             if encoder is not None:
                 manifest[_ENCODER] = encoder.to_meta()
-            self._write_version(staging, version, products, vectors, manifest)
+            self._write_version(staging, version, products, vectors, title_vectors, manifest)
             _fsync_tree(staging)  # on disk before anything points at it
             staging.rename(self.root / version)
             pointer = self.root / f"{_CURRENT}.{version}.tmp"
@@ -307,12 +334,15 @@ class LocalStore:
         version: str,
         products: Sequence[Product],
         vectors: npt.NDArray[np.float32],
+        title_vectors: npt.NDArray[np.float32] | None,
         metadata: dict[str, Any],
     ) -> None:
         with (folder / "products.jsonl").open("w", encoding="utf-8") as handle:
             for product in products:
                 handle.write(product.model_dump_json() + "\n")
         np.save(folder / "vectors.npy", np.ascontiguousarray(vectors, dtype=np.float32))
+        if title_vectors is not None:
+            np.save(folder / _TITLE_VECTORS, np.ascontiguousarray(title_vectors, np.float32))
         texts = [lexical_texts(p) for p in products]
         for field in LEXICAL_FIELDS:
             LexicalIndex.build([t[field] for t in texts]).save(folder / "bm25" / field)

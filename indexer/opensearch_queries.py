@@ -6,6 +6,7 @@ of truth shared with the local store.
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +20,9 @@ from indexer.schema import LEXICAL_FIELDS, Product, lexical_texts
 from indexer.store import Filters
 
 VECTOR_FIELD = "embedding"
+#: The title embedding: little-endian float32 bytes, base64, kept in ``_source`` and not
+#: indexed (nothing searches it; the final stage reads it back by id).
+TITLE_VECTOR_FIELD = "title_embedding"
 RECORD_FIELD = "product"
 #: Indexed copy of `Product.in_stock`: null (not indexed) when the catalog does not say.
 STOCK_FIELD = "in_stock"
@@ -98,6 +102,7 @@ def build_index_body(layout: IndexLayout, meta: dict[str, Any]) -> dict[str, Any
                         },
                     },
                 },
+                TITLE_VECTOR_FIELD: {"type": "binary"},
                 RECORD_FIELD: {"type": "object", "enabled": False},
             },
         },
@@ -109,8 +114,22 @@ def build_stock_mapping() -> dict[str, Any]:
     return {"properties": {STOCK_FIELD: {"type": "boolean"}}}
 
 
-def build_document(product: Product, vector: npt.NDArray[np.float32]) -> dict[str, Any]:
-    """The indexed document: search fields, the vector and the full record for lookups."""
+def encode_title_vector(vector: npt.NDArray[np.float32]) -> str:
+    """`TITLE_VECTOR_FIELD`'s value: exact float32, a third of the size of a JSON list."""
+    return base64.b64encode(np.ascontiguousarray(vector, dtype="<f4").tobytes()).decode("ascii")
+
+
+def decode_title_vector(value: str) -> npt.NDArray[np.float32]:
+    return np.frombuffer(base64.b64decode(value), dtype="<f4").astype(np.float32)
+
+
+def build_document(
+    product: Product,
+    vector: npt.NDArray[np.float32],
+    title_vector: npt.NDArray[np.float32] | None = None,
+) -> dict[str, Any]:
+    """The indexed document: search fields, the vectors and the full record for lookups."""
+    title = {} if title_vector is None else {TITLE_VECTOR_FIELD: encode_title_vector(title_vector)}
     return {
         "id": product.id,
         **lexical_texts(product),
@@ -119,19 +138,24 @@ def build_document(product: Product, vector: npt.NDArray[np.float32]) -> dict[st
         "price": product.price,
         STOCK_FIELD: product.in_stock,
         VECTOR_FIELD: [float(x) for x in vector],
+        **title,
         RECORD_FIELD: product.model_dump(mode="json"),
     }
 
 
 def build_bulk_actions(
-    index: str, products: Sequence[Product], vectors: npt.NDArray[np.float32]
+    index: str,
+    products: Sequence[Product],
+    vectors: npt.NDArray[np.float32],
+    title_vectors: npt.NDArray[np.float32] | None = None,
 ) -> Iterator[dict[str, Any]]:
-    for product, vector in zip(products, vectors, strict=True):
+    titles = [None] * len(products) if title_vectors is None else list(title_vectors)
+    for product, vector, title in zip(products, vectors, titles, strict=True):
         yield {
             "_op_type": "index",
             "_index": index,
             "_id": product.id,
-            "_source": build_document(product, vector),
+            "_source": build_document(product, vector, title),
         }
 
 

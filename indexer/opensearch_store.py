@@ -41,6 +41,7 @@ from indexer.opensearch_queries import (
     META_KEY,
     RECORD_FIELD,
     STOCK_FIELD,
+    TITLE_VECTOR_FIELD,
     VECTOR_FIELD,
     IndexLayout,
     build_alias_swap,
@@ -52,6 +53,7 @@ from indexer.opensearch_queries import (
     build_stock_mapping,
     build_version_meta,
     cosine_from_score,
+    decode_title_vector,
     version_meta,
 )
 from indexer.schema import EMBEDDING_DIM, Product
@@ -193,29 +195,29 @@ class OpenSearchStore:
         return self.get_many([product_id]).get(product_id)
 
     def get_many(self, product_ids: Sequence[str]) -> dict[str, Product]:
-        if not product_ids:
-            return {}
-        with self._translated("fetch products"):
-            response = self.client.mget(
-                index=self.alias, body={"ids": list(product_ids)}, _source=[RECORD_FIELD]
-            )
-        return {
-            doc["_id"]: Product.model_validate(doc["_source"][RECORD_FIELD])
-            for doc in response["docs"]
-            if doc.get("found")
-        }
+        records = self._fetch(product_ids, RECORD_FIELD, "fetch products")
+        return {pid: Product.model_validate(record) for pid, record in records.items()}
 
     def vectors(self, product_ids: Sequence[str]) -> dict[str, npt.NDArray[np.float32]]:
+        found = self._fetch(product_ids, VECTOR_FIELD, "fetch vectors")
+        return {pid: np.asarray(vector, dtype=np.float32) for pid, vector in found.items()}
+
+    def title_vectors(self, product_ids: Sequence[str]) -> dict[str, npt.NDArray[np.float32]]:
+        found = self._fetch(product_ids, TITLE_VECTOR_FIELD, "fetch title vectors")
+        return {pid: decode_title_vector(value) for pid, value in found.items()}
+
+    def _fetch(self, product_ids: Sequence[str], field: str, action: str) -> dict[str, Any]:
+        """One ``_source`` field of each id that exists and has it, in one ``mget``."""
         if not product_ids:
             return {}
-        with self._translated("fetch vectors"):
+        with self._translated(action):
             response = self.client.mget(
-                index=self.alias, body={"ids": list(product_ids)}, _source=[VECTOR_FIELD]
+                index=self.alias, body={"ids": list(product_ids)}, _source=[field]
             )
         return {
-            doc["_id"]: np.asarray(doc["_source"][VECTOR_FIELD], dtype=np.float32)
+            doc["_id"]: doc["_source"][field]
             for doc in response["docs"]
-            if doc.get("found")
+            if doc.get("found") and field in doc.get("_source", {})
         }
 
     def search_bm25(self, text: str, n: int, filters: Filters | None = None) -> list[ScoredId]:
@@ -251,14 +253,21 @@ class OpenSearchStore:
 
     # -- writing -------------------------------------------------------------------------
 
-    def upsert(self, products: Sequence[Product], vectors: npt.NDArray[np.float32]) -> int:
+    def upsert(
+        self,
+        products: Sequence[Product],
+        vectors: npt.NDArray[np.float32],
+        title_vectors: npt.NDArray[np.float32] | None = None,
+    ) -> int:
         """Index products into the serving version; searchable when this returns."""
-        check_vectors(products, vectors)
+        check_vectors(products, vectors, title_vectors)
         self._check_dimension(vectors.shape[1])
         with self._translated("index products"):
             target = self._serving_index()
             self._ensure_stock_field()
-            self._bulk(build_bulk_actions(target, products, vectors), target, refresh=True)
+            self._bulk(
+                build_bulk_actions(target, products, vectors, title_vectors), target, refresh=True
+            )
         return len(products)
 
     def delete(self, product_ids: Sequence[str]) -> int:
@@ -320,11 +329,12 @@ class OpenSearchStore:
         products: Sequence[Product],
         vectors: npt.NDArray[np.float32],
         *,
+        title_vectors: npt.NDArray[np.float32] | None = None,
         metadata: dict[str, Any] | None = None,
         encoder: EncoderStamp | None = None,
     ) -> str:
         """Build a new version, verify it, then swap the alias atomically. Returns its name."""
-        check_rebuild(products, vectors)
+        check_rebuild(products, vectors, title_vectors)
         layout = replace(self._layout, dimension=int(vectors.shape[1]))
         with self._translated("rebuild the index"):
             self.remove_leftovers()
@@ -333,7 +343,7 @@ class OpenSearchStore:
             meta = build_version_meta(len(products), metadata, encoder)
             self.client.indices.create(index=version, body=build_index_body(layout, meta))
             try:
-                self._bulk(build_bulk_actions(version, products, vectors), version)
+                self._bulk(build_bulk_actions(version, products, vectors, title_vectors), version)
                 self.client.indices.refresh(index=version)
                 indexed = int(self.client.count(index=version)["count"])
                 if indexed != len(products):

@@ -132,6 +132,15 @@ class VectorStore(Protocol):
         """
         ...
 
+    def title_vectors(self, product_ids: Sequence[str]) -> dict[str, npt.NDArray[np.float32]]:
+        """The stored (L2-normalised) embedding of each product's title alone, for the ids that
+        have one; products written without a title embedding are left out, as unknown ids are.
+
+        What the final stage's ``title_cosine`` reads: a title says what the product is, the
+        whole text also what it goes with.
+        """
+        ...
+
     def search_bm25(self, text: str, n: int, filters: Filters | None = None) -> list[ScoredId]: ...
 
     def search_vector(
@@ -143,17 +152,24 @@ class VectorStore(Protocol):
         products: Sequence[Product],
         vectors: npt.NDArray[np.float32],
         *,
+        title_vectors: npt.NDArray[np.float32] | None = None,
         metadata: dict[str, Any] | None = None,
         encoder: EncoderStamp | None = None,
     ) -> str:
         """Build a complete new version and make it the serving one; returns its name.
 
+        ``title_vectors`` (optional, one row per product) are stored for `title_vectors`.
         ``encoder`` is recorded with the version (`encoder_stamp` returns it). A failure leaves
         the serving version untouched.
         """
         ...
 
-    def upsert(self, products: Sequence[Product], vectors: npt.NDArray[np.float32]) -> int:
+    def upsert(
+        self,
+        products: Sequence[Product],
+        vectors: npt.NDArray[np.float32],
+        title_vectors: npt.NDArray[np.float32] | None = None,
+    ) -> int:
         """Add or replace products in the serving index; searchable when this returns."""
         ...
 
@@ -164,17 +180,31 @@ class VectorStore(Protocol):
     def close(self) -> None: ...
 
 
-def check_vectors(products: Sequence[Product], vectors: npt.NDArray[np.float32]) -> None:
-    """One vector row per product, or a `DimensionMismatchError` saying what arrived."""
+def check_vectors(
+    products: Sequence[Product],
+    vectors: npt.NDArray[np.float32],
+    title_vectors: npt.NDArray[np.float32] | None = None,
+) -> None:
+    """One vector row per product (and one title vector of the same shape, when given), or a
+    `DimensionMismatchError` saying what arrived."""
     if vectors.ndim != 2 or vectors.shape[0] != len(products):
         raise DimensionMismatchError(
             f"{len(products)} products need {len(products)} vectors, got shape {vectors.shape}"
         )
+    if title_vectors is not None and title_vectors.shape != vectors.shape:
+        raise DimensionMismatchError(
+            f"title vectors must have the shape of the vectors {vectors.shape}, "
+            f"got {title_vectors.shape}"
+        )
 
 
-def check_rebuild(products: Sequence[Product], vectors: npt.NDArray[np.float32]) -> None:
+def check_rebuild(
+    products: Sequence[Product],
+    vectors: npt.NDArray[np.float32],
+    title_vectors: npt.NDArray[np.float32] | None = None,
+) -> None:
     """What a full rebuild needs: matching vectors and at least one product."""
-    check_vectors(products, vectors)
+    check_vectors(products, vectors, title_vectors)
     if not products:
         raise StoreError("refusing to build an empty index")
 

@@ -190,8 +190,11 @@ def create_app(settings: Settings | None = None, pipeline: SearchPipeline | None
             ) from e
         stored = pipeline.store.vectors([product_id]).get(product_id)
         if stored is not None and product_to_text(updated) == product_to_text(product):
-            # Price and stock are not model text: keep the vector, skip the encoder.
-            pipeline.store.upsert([updated], stored[np.newaxis, :])
+            # Price and stock are not model text: keep the vectors, skip the encoder.
+            title = pipeline.store.title_vectors([product_id]).get(product_id)
+            pipeline.store.upsert(
+                [updated], stored[np.newaxis, :], None if title is None else title[np.newaxis, :]
+            )
         else:
             upsert_products(pipeline.store, [updated], pipeline.encoder)
         return updated

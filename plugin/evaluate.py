@@ -30,6 +30,7 @@ from plugin.final_stage import (
     cross_validated_fusion,
     folds_of,
     retrieved_lists,
+    stored_embeddings,
 )
 from plugin.models import MAX_K, MAX_QUERY_CHARS, NO_FAIRNESS, SearchRequest
 from plugin.pipeline import SearchPipeline
@@ -177,7 +178,8 @@ def _pool_query(pipeline: SearchPipeline, pool: _Pool, order: Sequence[str]) -> 
         texts = [product_to_text(pool.products[pid]) for pid in order]
         rerank = list(pipeline.reranker.score(pool.query, texts))
     return QueryCandidates(
-        pool.query, pool.candidates(order), pool.products, rerank, pipeline.store.vectors(order)
+        pool.query, pool.candidates(order), pool.products, rerank,
+        stored_embeddings(pipeline, pool.query, order),
     )
 
 

@@ -27,6 +27,8 @@ from reranker.features import (
     CROSS_ENCODER_FEATURE,
     FEATURE_NAMES,
     FEEDBACK_FEATURES,
+    TITLE_FEATURES,
+    Embeddings,
     stage_features,
 )
 from reranker.ltr import UNJUDGED_WEIGHT, LinearRanker, RankingGroup, fit_linear_ranker
@@ -40,14 +42,14 @@ class QueryCandidates:
     candidates: list[Candidate]
     products: dict[str, Product]
     rerank: list[float | None]
-    vectors: dict[str, np.ndarray[Any, np.dtype[np.float32]]]
+    embeddings: Embeddings
 
     def features(self, names: Sequence[str]) -> np.ndarray[Any, np.dtype[np.float64]]:
         key = tuple(names)
         cached = self._features.get(key)
         if cached is None:  # cross-validation asks for the same matrix many times
             cached = stage_features(
-                self.query, self.candidates, self.products, self.rerank, names, self.vectors
+                self.query, self.candidates, self.products, self.rerank, names, self.embeddings
             )
             self._features[key] = cached
         return cached
@@ -87,14 +89,23 @@ def collect_candidates(
         collected[qid] = QueryCandidates(
             request.query, kept, products,
             [hit.scores.rerank for hit in hits if hit.id in products],
-            pipeline.store.vectors([c.product_id for c in kept]),
+            stored_embeddings(pipeline, request.query, [c.product_id for c in kept]),
         )
     return collected
 
 
+def stored_embeddings(pipeline: SearchPipeline, query: str, ids: Sequence[str]) -> Embeddings:
+    """Everything the embedding features may read, for fitting and evaluation."""
+    return Embeddings(
+        pipeline.encoder.encode_query(query),
+        pipeline.store.vectors(ids),
+        pipeline.store.title_vectors(ids),
+    )
+
+
 def feature_names(with_cross_encoder: bool) -> tuple[str, ...]:
     """The features a final stage fitted now uses."""
-    names = (*FEATURE_NAMES, *FEEDBACK_FEATURES)
+    names = (*FEATURE_NAMES, *FEEDBACK_FEATURES, *TITLE_FEATURES)
     return (*names, CROSS_ENCODER_FEATURE) if with_cross_encoder else names
 
 

@@ -37,7 +37,12 @@ from reranker.base import NoReranker, Reranker
 from reranker.errors import RerankerUnavailableError
 from reranker.exposure_store import InMemoryExposureStore
 from reranker.fairness import ExposureStore
-from reranker.features import CROSS_ENCODER_FEATURE, needs_vectors, stage_features
+from reranker.features import (
+    CROSS_ENCODER_FEATURE,
+    Embeddings,
+    needs_embeddings,
+    stage_features,
+)
 from reranker.ltr import LinearRanker
 
 logger = logging.getLogger(__name__)
@@ -164,6 +169,7 @@ class SearchPipeline:
         self._rerank_slots = threading.BoundedSemaphore(max(1, max_concurrent_reranks))
         self._pool_lock = threading.Lock()
         self._brands: tuple[float, dict[str, int]] | None = None
+        self._warned_no_titles = False
         #: Event counters, served at GET /metrics.
         self.counters: Counter[str] = Counter()
         self._counters_lock = threading.Lock()
@@ -291,7 +297,7 @@ class SearchPipeline:
         if degraded and self.final_needs_rerank:
             final = False  # its cross-encoder feature is missing
         if final and self.final_ranker is not None:
-            items = self._final(request.query, items, self.final_ranker)
+            items = self._final(request.query, vector, items, self.final_ranker)
         clock.lap("final")
         for post_process in self.post_processors:
             items = post_process(items)
@@ -399,7 +405,13 @@ class SearchPipeline:
         return len(window)
 
 
-    def _final(self, query: str, items: list[RankedItem], ranker: LinearRanker) -> list[RankedItem]:
+    def _final(
+        self,
+        query: str,
+        query_vector: npt.NDArray[np.float32] | None,
+        items: list[RankedItem],
+        ranker: LinearRanker,
+    ) -> list[RankedItem]:
         """Order every candidate by the learned final stage's score."""
         if not items:
             return items
@@ -412,12 +424,32 @@ class SearchPipeline:
             {item.product.id: item.product for item in items},
             [item.rerank for item in items],
             ranker.feature_names,
-            self.store.vectors(ids) if needs_vectors(ranker.feature_names) else None,
+            self._embeddings(ranker, query_vector, ids),
         )
         for item, row, score in zip(items, features, ranker.score(features), strict=True):
             item.final = float(score)
             item.features = tuple(float(value) for value in row)
         return sorted(items, key=lambda item: (-(item.final or 0.0), item.retrieval_rank))
+
+
+    def _embeddings(
+        self, ranker: LinearRanker, query_vector: npt.NDArray[np.float32] | None, ids: list[str]
+    ) -> Embeddings | None:
+        """What the ranker's embedding features read, fetched only if it has such features."""
+        texts, titles = needs_embeddings(ranker.feature_names)
+        if not (texts or titles):
+            return None
+        stored_titles = self.store.title_vectors(ids) if titles else {}
+        if titles and ids and not stored_titles and not self._warned_no_titles:
+            self._warned_no_titles = True
+            logger.warning(
+                "index %s holds no title embeddings (written before shoprank stored them): "
+                "the final stage's title_cosine falls back to the product-text cosine; "
+                "`shoprank reindex` restores it", self.store.location,
+            )
+        return Embeddings(
+            query_vector, self.store.vectors(ids) if texts else {}, stored_titles
+        )
 
 
 def _fairness_scores(items: Sequence[RankedItem]) -> list[float]:

@@ -13,7 +13,7 @@ import itertools
 import math
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
@@ -209,6 +209,12 @@ FEEDBACK_FEATURES: tuple[str, ...] = (
 #: How many candidates, in retrieval order, form the head that feedback compares with.
 FEEDBACK_DEPTH = 5
 
+#: How well the title alone matches the query in embedding space. A product text also says
+#: what the product fits, holds or comes with; its title says what it is.
+TITLE_FEATURES: tuple[str, ...] = (
+    "title_cosine",  # cosine of the query embedding with the product's title embedding
+)
+
 #: The optional column a final stage can add: the cross-encoder's score.
 CROSS_ENCODER_FEATURE = "cross_encoder"
 
@@ -218,7 +224,21 @@ KNOWN_FEATURE_SETS: tuple[tuple[str, ...], ...] = (
     (*FEATURE_NAMES, CROSS_ENCODER_FEATURE),
     (*FEATURE_NAMES, *FEEDBACK_FEATURES),
     (*FEATURE_NAMES, *FEEDBACK_FEATURES, CROSS_ENCODER_FEATURE),
+    (*FEATURE_NAMES, *FEEDBACK_FEATURES, *TITLE_FEATURES),
+    (*FEATURE_NAMES, *FEEDBACK_FEATURES, *TITLE_FEATURES, CROSS_ENCODER_FEATURE),
 )
+
+Vector = npt.NDArray[np.float32]
+
+
+@dataclass(frozen=True)
+class Embeddings:
+    """The embeddings some features read: the query's, and the candidates' stored text and
+    title embeddings by product id (see `needs_embeddings`)."""
+
+    query: Vector | None = None
+    texts: Mapping[str, Vector] = field(default_factory=dict)
+    titles: Mapping[str, Vector] = field(default_factory=dict)
 
 
 def feedback_features(
@@ -255,9 +275,29 @@ def feedback_features(
     return np.asarray(rows, dtype=np.float64).reshape(len(candidates), len(FEEDBACK_FEATURES))
 
 
-def needs_vectors(feature_names: Sequence[str]) -> bool:
-    """Whether a final stage with these features reads the candidates' stored embeddings."""
-    return FEEDBACK_FEATURES[0] in feature_names
+def title_features(
+    candidates: Sequence[Candidate], embeddings: Embeddings
+) -> npt.NDArray[np.float64]:
+    """An ``(n, len(TITLE_FEATURES))`` matrix. A candidate without a stored title embedding (an
+    index written before they were stored) gets its text cosine instead.
+
+    >>> title_features(candidates, Embeddings(query_vector, titles=stored_titles)).shape
+    (3, 1)
+    """
+    if embeddings.query is None:
+        raise ValueError("title features need the query embedding")
+    text_cosines = _filled([c.vector for c in candidates])
+    rows = []
+    for candidate, text_cosine in zip(candidates, text_cosines, strict=True):
+        title = embeddings.titles.get(candidate.product_id)
+        rows.append([text_cosine if title is None else float(title @ embeddings.query)])
+    return np.asarray(rows, dtype=np.float64).reshape(len(candidates), len(TITLE_FEATURES))
+
+
+def needs_embeddings(feature_names: Sequence[str]) -> tuple[bool, bool]:
+    """Whether a final stage with these features reads the candidates' stored text embeddings,
+    and whether it reads their title embeddings."""
+    return FEEDBACK_FEATURES[0] in feature_names, TITLE_FEATURES[0] in feature_names
 
 
 def stage_features(
@@ -266,26 +306,30 @@ def stage_features(
     products: Mapping[str, Product],
     rerank_scores: Sequence[float | None],
     feature_names: Sequence[str],
-    vectors: Mapping[str, npt.NDArray[np.float32]] | None = None,
+    embeddings: Embeddings | None = None,
 ) -> npt.NDArray[np.float64]:
     """The feature matrix a final stage with ``feature_names`` expects.
 
     ``candidates`` come in retrieval order (the feedback features read the head of it).
     ``rerank_scores`` holds the cross-encoder score of each candidate, None outside the rerank
     window; those get the lowest score of the window, as a cut-off bounds them above.
-    ``vectors`` holds the candidates' stored embeddings, needed by `FEEDBACK_FEATURES`.
+    ``embeddings`` holds what `FEEDBACK_FEATURES` and `TITLE_FEATURES` read.
     """
     names = tuple(feature_names)
     if names not in KNOWN_FEATURE_SETS:
         raise ValueError(
             f"unknown final-stage features {names}; this version computes {FEATURE_NAMES} "
-            f"(+ {FEEDBACK_FEATURES}) (+ {CROSS_ENCODER_FEATURE!r})"
+            f"(+ {FEEDBACK_FEATURES} (+ {TITLE_FEATURES})) (+ {CROSS_ENCODER_FEATURE!r})"
         )
     columns = [candidate_features(query, candidates, products)]
-    if needs_vectors(names):
-        if vectors is None:
+    feedback, title = needs_embeddings(names)
+    if feedback or title:
+        if embeddings is None:
             raise ValueError("this final stage needs the candidates' stored embeddings")
-        columns.append(feedback_features(candidates, products, vectors))
+        if feedback:
+            columns.append(feedback_features(candidates, products, embeddings.texts))
+        if title:
+            columns.append(title_features(candidates, embeddings))
     if CROSS_ENCODER_FEATURE in names:
         if all(score is None for score in rerank_scores):
             raise ValueError("this final stage needs cross-encoder scores, and none were computed")

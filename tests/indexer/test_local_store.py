@@ -43,6 +43,18 @@ def test_live_changes_survive_a_restart_and_reach_other_processes(
     assert [h.product_id for h in restarted.search_bm25("espresso", 3)] == ["p9"]
 
 
+def test_title_vectors_survive_a_restart_from_the_version_and_the_log(
+    store: LocalStore, tiny_products: list[Product]
+) -> None:
+    vectors = axis_vectors(len(tiny_products))
+    store.replace_all(tiny_products, vectors, title_vectors=vectors[::-1].copy())
+    store.upsert([make_product("p9", "espresso machine")], vectors[:1], vectors[1:2])
+    restarted = LocalStore(store.root)
+    titles = restarted.title_vectors(["p1", "p9"])
+    assert titles["p1"] == pytest.approx(vectors[-1], abs=1e-6)  # from title_vectors.npy
+    assert titles["p9"] == pytest.approx(vectors[1], abs=1e-6)  # from updates.jsonl
+
+
 def test_failed_rebuild_leaves_serving_index_untouched(
     store: LocalStore, tiny_products: list[Product], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -33,11 +33,14 @@ def _old_index_body(*args: Any, **kwargs: Any) -> dict[str, Any]:
 
 
 def _old_documents(
-    index: str, products: Sequence[Product], vectors: npt.NDArray[np.float32]
+    index: str,
+    products: Sequence[Product],
+    vectors: npt.NDArray[np.float32],
+    title_vectors: npt.NDArray[np.float32] | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Documents as shoprank wrote them before `in_stock`: the stock is only in the record's
     extra ``stock`` field."""
-    for action in build_bulk_actions(index, products, vectors):
+    for action in build_bulk_actions(index, products, vectors, title_vectors):
         del action["_source"]["in_stock"]
         del action["_source"]["product"]["in_stock"]
         yield action

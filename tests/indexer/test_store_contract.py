@@ -69,6 +69,30 @@ def test_vectors_returns_the_stored_unit_vectors_of_known_ids(store: VectorStore
     np.testing.assert_allclose(store.vectors(["p3"])["p3"], replacement[0], atol=1e-6)
 
 
+def test_title_vectors_are_stored_beside_the_vectors_when_given(
+    store: VectorStore, tiny_products: list[Product]
+) -> None:
+    assert store.title_vectors(["p1", "p3"]) == {}  # this version was written without them
+    vectors = axis_vectors(len(tiny_products))
+    titles = np.roll(vectors, 1, axis=0)
+    store.replace_all(tiny_products, vectors, title_vectors=titles)
+    found = store.title_vectors(["p3", "nope", "p1"])
+    assert set(found) == {"p1", "p3"}
+    np.testing.assert_allclose(found["p3"], titles[2], atol=1e-6)
+    np.testing.assert_allclose(store.vectors(["p3"])["p3"], vectors[2], atol=1e-6)
+    replacement = axis_vectors(8)[6:]
+    p1, p2 = tiny_products[0], tiny_products[1]
+    store.upsert([p1], replacement[:1], replacement[1:])
+    np.testing.assert_allclose(store.title_vectors(["p1"])["p1"], replacement[1], atol=1e-6)
+    store.upsert([p2], replacement[:1])  # no title vector: the old one is not kept
+    assert set(store.title_vectors(["p1", "p2"])) == {"p1"}
+    with pytest.raises(DimensionMismatchError, match="title vectors"):
+        store.upsert([p1], replacement[:1], axis_vectors(1, dim=4))
+    with pytest.raises(DimensionMismatchError, match="title vectors"):
+        store.replace_all(tiny_products, vectors, title_vectors=titles[:2])
+    np.testing.assert_allclose(store.title_vectors(["p3"])["p3"], titles[2], atol=1e-6)
+
+
 def test_vector_search_ranks_by_cosine(store: VectorStore, tiny_products: list[Product]) -> None:
     vectors = axis_vectors(len(tiny_products))
     hits = store.search_vector(vectors[2], 3)

@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from indexer.retrieval import Candidate
+from indexer.schema import Product
 from plugin.errors import RerankNotConfiguredError
 from plugin.final_stage import FusionParameters, folds_of, fused, tune_fusion
 from plugin.models import SearchRequest
 from plugin.pipeline import SearchPipeline
-from reranker.features import FEATURE_NAMES, FEEDBACK_FEATURES, feedback_features
+from reranker.features import (
+    FEATURE_NAMES,
+    FEEDBACK_FEATURES,
+    TITLE_FEATURES,
+    feedback_features,
+)
 from reranker.ltr import LinearRanker
+from tests.conftest import axis_vectors
 from tests.plugin.test_evaluate import pipeline  # noqa: F401  (fixture)
 
 
@@ -58,6 +66,40 @@ def test_a_final_stage_with_feedback_reads_the_stored_embeddings(pipeline: Searc
     top = response.results[0]
     assert top.explanation is not None and top.explanation.final_contributions is not None
     assert top.explanation.final_contributions["feedback_cosine"] == pytest.approx(expected.max())
+
+
+def _title_cosine_ranker() -> LinearRanker:
+    names = (*FEATURE_NAMES, *FEEDBACK_FEATURES, *TITLE_FEATURES)
+    weights = [1.0 if name == "title_cosine" else 0.0 for name in names]
+    return LinearRanker(names, tuple(weights), card={"name": "title-cosine"})
+
+
+def test_title_cosine_reads_the_stored_title_embeddings(
+    pipeline: SearchPipeline,  # noqa: F811
+    tiny_products: list[Product],
+) -> None:
+    # Titles point elsewhere than the texts: the title of p(i) is embedded like the text of p(i+1).
+    vectors = axis_vectors(len(tiny_products))
+    titles = np.roll(vectors, -1, axis=0)
+    pipeline.store.replace_all(tiny_products, vectors, title_vectors=titles)
+    pipeline.final_ranker = _title_cosine_ranker()
+    response = pipeline.search(SearchRequest(query="red shoes", explain=True))
+    query = pipeline.encoder.encode_query("red shoes")
+    by_title = {p.id: float(titles[i] @ query) for i, p in enumerate(tiny_products)}
+    served = {hit.id: hit.scores.final for hit in response.results}
+    assert served == pytest.approx({pid: by_title[pid] for pid in served})
+    assert response.results[0].id == "p2"  # its title is embedded like p3's text, the query
+
+
+def test_title_cosine_falls_back_to_the_text_cosine_on_an_index_without_titles(
+    pipeline: SearchPipeline,  # noqa: F811
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    pipeline.final_ranker = _title_cosine_ranker()  # the fixture's index has no title vectors
+    response = pipeline.search(SearchRequest(query="red shoes", explain=True))
+    for hit in response.results:
+        assert hit.scores.final == pytest.approx(hit.scores.vector)
+    assert "holds no title embeddings" in caplog.text and "shoprank reindex" in caplog.text
 
 
 def test_asking_for_a_final_stage_the_server_lacks_is_an_error(pipeline: SearchPipeline) -> None:  # noqa: F811

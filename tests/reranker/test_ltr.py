@@ -14,9 +14,12 @@ from reranker.features import (
     FEATURE_NAMES,
     FEEDBACK_DEPTH,
     FEEDBACK_FEATURES,
+    TITLE_FEATURES,
+    Embeddings,
     candidate_features,
     feedback_features,
     stage_features,
+    title_features,
 )
 from reranker.ltr import LinearRanker, RankingGroup, fit_linear_ranker
 from tests.conftest import make_product
@@ -125,8 +128,23 @@ def test_feedback_without_a_stored_embedding_scores_zero_and_needs_the_vectors()
     names = (*FEATURE_NAMES, *FEEDBACK_FEATURES)
     with pytest.raises(ValueError, match="stored embeddings"):
         stage_features("a", candidates, products, [None, None], names)
-    matrix = stage_features("a", candidates, products, [None, None], names, {})
+    matrix = stage_features("a", candidates, products, [None, None], names, Embeddings())
     assert matrix.shape == (2, len(names))
+
+
+def test_title_cosine_compares_the_query_with_each_title_or_falls_back_to_the_text() -> None:
+    candidates = [Candidate("a", vector=0.2, vector_rank=1), Candidate("b", vector=0.4,
+                                                                     vector_rank=2)]
+    query = _unit(1.0, 0.0)
+    embeddings = Embeddings(query, titles={"a": _unit(1.0, 1.0)})  # "b" has no stored title
+    rows = title_features(candidates, embeddings)
+    assert rows[:, 0].tolist() == pytest.approx([2**-0.5, 0.4])
+    products = {p: make_product(p, p) for p in ("a", "b")}
+    names = (*FEATURE_NAMES, *FEEDBACK_FEATURES, *TITLE_FEATURES)
+    matrix = stage_features("a", candidates, products, [None, None], names, embeddings)
+    assert matrix[:, -1].tolist() == pytest.approx([2**-0.5, 0.4])
+    with pytest.raises(ValueError, match="query embedding"):
+        title_features(candidates, Embeddings(titles={"a": _unit(1.0, 1.0)}))
 
 
 def test_cached_terms_follow_a_changed_product() -> None:
