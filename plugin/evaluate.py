@@ -59,6 +59,8 @@ class StageResult:
     report: EvalReport
     p50_ms: float
     versus_first: PairedDifference | None = None
+    #: The same for judged-only nDCG: where judgments are incomplete, the number a win must show.
+    condensed_versus_first: PairedDifference | None = None
     note: str = ""
     #: The score that ordered each ranking (full protocol, stages that were not cross-validated).
     scores: dict[str, list[float]] = field(default_factory=dict)
@@ -282,9 +284,13 @@ def evaluate_stages(
         results.append(result)
     first = results[0].report.per_query
     for result in results[1:]:
-        ndcg = {q: v["ndcg"] for q, v in result.report.per_query.items()}
-        result.versus_first = paired_bootstrap(
-            {q: v["ndcg"] for q, v in first.items()}, ndcg, seed=bootstrap_seed
+        result.versus_first, result.condensed_versus_first = (
+            paired_bootstrap(
+                {q: v[metric] for q, v in first.items()},
+                {q: v[metric] for q, v in result.report.per_query.items()},
+                seed=bootstrap_seed,
+            )
+            for metric in ("ndcg", "ndcg_condensed")
         )
     return results
 
@@ -299,11 +305,14 @@ def summary(results: Sequence[StageResult], protocol: EvalProtocol) -> dict[str,
             row["p50_latency_ms"] = round(result.p50_ms, 2)
         if result.note:
             row["note"] = result.note
-        if result.versus_first is not None:
-            diff = result.versus_first
-            row[f"nDCG_vs_{first}"] = {
-                "mean": round(diff.mean, 4), "ci95": [round(diff.low, 4), round(diff.high, 4)]
-            }
+        for name, diff in (
+            (f"nDCG_vs_{first}", result.versus_first),
+            (f"judged_only_nDCG_vs_{first}", result.condensed_versus_first),
+        ):
+            if diff is not None:
+                row[name] = {
+                    "mean": round(diff.mean, 4), "ci95": [round(diff.low, 4), round(diff.high, 4)]
+                }
         if result.fairness is not None:
             row["fairness"] = result.fairness.summary()
         stages[result.stage] = row
@@ -323,15 +332,16 @@ def markdown(
         f"### {title} ({protocol} protocol, {results[0].report.queries} queries)",
         "",
         f"| stage | nDCG@{k} | judged-only nDCG@{k} | MRR@{k} | Recall@100 | judged@{k} "
-        f"| nDCG vs {first} [95% CI] | p50 ms |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | --- | ---: |",
+        f"| nDCG vs {first} [95% CI] | judged-only vs {first} [95% CI] | p50 ms |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | --- | --- | ---: |",
     ]
     for r in results:
         rep = r.report
-        versus = str(r.versus_first) if r.versus_first is not None else ""
+        versus = "" if r.versus_first is None else str(r.versus_first)
+        condensed = "" if r.condensed_versus_first is None else str(r.condensed_versus_first)
         lines.append(
             f"| {r.stage} | {rep.ndcg:.4f} | {rep.ndcg_condensed:.4f} | {rep.mrr:.4f} "
-            f"| {rep.recall_candidates:.4f} | {rep.judged:.4f} | {versus} "
+            f"| {rep.recall_candidates:.4f} | {rep.judged:.4f} | {versus} | {condensed} "
             f"| {'-' if r.p50_ms != r.p50_ms else f'{r.p50_ms:.1f}'} |"
         )
     notes = [f"- {r.stage}: {r.note}" for r in results if r.note]

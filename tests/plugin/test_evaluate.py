@@ -61,5 +61,7 @@ def test_full_protocol_ranks_the_catalog_and_compares_stages(pipeline: SearchPip
     assert data["protocol"] == "full"
     assert set(data["stages"]) == {"bm25", "vector", "hybrid"}
     assert "ci95" in data["stages"]["hybrid"]["nDCG_vs_bm25"]
+    assert "ci95" in data["stages"]["hybrid"]["judged_only_nDCG_vs_bm25"]
     table = markdown(results, "full", "tiny")
     assert "nDCG vs bm25 [95% CI]" in table and table.count("\n| ") == 5  # header, rule, 3 stages
+    assert "judged-only vs bm25 [95% CI]" in table
