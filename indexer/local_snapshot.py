@@ -30,6 +30,8 @@ class Snapshot:
     vectors: npt.NDArray[np.float32]
     #: one title embedding per row; a zero row where none was stored
     title_vectors: npt.NDArray[np.float32]
+    #: the rows that have a title embedding
+    has_title: npt.NDArray[np.bool_]
     lexical: dict[str, LexicalIndex]
     brand_keys: npt.NDArray[np.str_]
     prices: npt.NDArray[np.float64]
@@ -50,6 +52,8 @@ class Snapshot:
         lexical: dict[str, LexicalIndex],
         log_offset: int = 0,
     ) -> Snapshot:
+        if title_vectors is None:
+            title_vectors = np.zeros_like(vectors)
         category_lists: dict[str, list[int]] = {}
         for row, product in enumerate(products):
             for level in {level.lower() for level in product.category}:
@@ -61,7 +65,8 @@ class Snapshot:
             rows={product.id: row for row, product in enumerate(products)},
             ids=np.array([product.id for product in products], dtype=np.str_),
             vectors=vectors,
-            title_vectors=np.zeros_like(vectors) if title_vectors is None else title_vectors,
+            title_vectors=title_vectors,
+            has_title=np.any(title_vectors, axis=1, keepdims=False).astype(bool),
             lexical=lexical,
             brand_keys=np.array(
                 [(product.brand or "").lower() for product in products], dtype=np.str_

@@ -217,7 +217,7 @@ class LocalStore:
         return {
             pid: state.title_vectors[row].copy()
             for pid, row in rows.items()
-            if state.title_vectors[row].any()  # a zero row: written without one
+            if state.has_title[row]
         }
 
     def search_bm25(self, text: str, n: int, filters: Filters | None = None) -> list[ScoredId]:
