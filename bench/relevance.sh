@@ -5,8 +5,9 @@
 # tuned-vector uses the label-free encoder in plugin/artifacts/encoder-<set>. Each stage gets a
 # paired-bootstrap 95% CI against default RRF (hybrid, the first stage). Prints Markdown.
 # Usage: bash bench/relevance.sh [DATA_DIR]   (default: ../shared/data beside the repository)
-# The first run embeds each catalog twice, with the packaged and the tuned encoder (ESCI about
-# 3.5 min each, Icecat about 9 min each on 2 CPU cores).
+# The first run embeds each catalog (texts and titles) twice, with the packaged and the tuned
+# encoder: with the packaged one, Icecat took 10 min 13 s on 2 CPU cores, ESCI 8 min 50 s while
+# tests shared the cores.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 data=${1:-$(cd "$repo/.." && pwd)/shared/data}
