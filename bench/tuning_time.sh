@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# Wall time of tuning every stage shoprank ships for one catalog, from nothing: the label-free
-# encoder (`shoprank tune encoder`, the command of plugin/artifacts/encoder-<set>), the catalog
-# embedded with it (`shoprank reindex`), and the learned final stage fitted on that index's
-# candidates for the catalog's dev judgments (`shoprank tune ranker`, with its 5-fold CV
-# estimate). The cross-encoder is not among them: no tuned cross-encoder ships (see README).
+# Wall time of tuning every stage shoprank ships for one catalog: the label-free encoder
+# (`shoprank tune encoder`, the command of plugin/artifacts/encoder-<set>, mining from the
+# shop's serving index), the catalog embedded with it (`shoprank reindex`), and the learned
+# final stage fitted on that index's candidates for the catalog's dev judgments (`shoprank tune
+# ranker`, with its 5-fold CV estimate). The cross-encoder is not among them: no tuned
+# cross-encoder ships (see README). Before them the catalog is indexed with the packaged
+# encoder, as any shop serving with shoprank already has it; that step is timed on its own
+# line and counted in the total from nothing, not in the tuning total.
 # Everything is written to a scratch SHOPRANK_HOME that is removed afterwards. Prints Markdown.
 # Usage: bash bench/tuning_time.sh [esci-us|icecat] [DATA_DIR]
 set -euo pipefail
@@ -25,8 +28,11 @@ timed() {
   rows+=("| $label | $((SECONDS - start)) |")
 }
 started=$SECONDS
+timed "index with the packaged encoder (serving index; not tuning)" \
+  shoprank reindex --catalog "$catalog" --index serving
+prerequisite=$((SECONDS - started))
 timed "tune encoder (label-free, LoRA)" shoprank tune encoder --catalog "$catalog" \
-  --pseudo-queries 1500 --negatives 1 --epochs 1 --depth 10 --seed 0 --out "$scratch/encoder"
+  --index serving --pseudo-queries 1500 --negatives 1 --epochs 1 --depth 10 --seed 0 --out "$scratch/encoder"
 export SHOPRANK_ENCODER_PATH=$scratch/encoder
 timed "reindex with it (texts and titles)" shoprank reindex --catalog "$catalog" --index tuning
 timed "tune ranker (final stage, with 5-fold CV)" shoprank tune ranker --catalog "$catalog" \
@@ -40,4 +46,5 @@ echo
 echo "| step | seconds |"
 echo "| --- | ---: |"
 printf '%s\n' "${rows[@]}"
-echo "| **total** | $((SECONDS - started)) |"
+echo "| **tuning total** (the last three) | $((SECONDS - started - prerequisite)) |"
+echo "| total from nothing | $((SECONDS - started)) |"

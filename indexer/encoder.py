@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal, cast, get_args
 
 import numpy as np
 import numpy.typing as npt
@@ -32,13 +32,15 @@ if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.base.modules import Transformer
 
-    from indexer.onnx_encoder import OnnxQueryEncoder
+    from indexer.onnx_encoder import OnnxQueryEncoder, Precision
 
 logger = logging.getLogger(__name__)
 
 Vectors = npt.NDArray[np.float32]
 #: How `BiEncoder` encodes queries: torch, or ONNX Runtime in INT8 (``onnx-int8``) or fp32.
 QueryBackend = Literal["torch", "onnx-int8", "onnx"]
+#: How `BiEncoder` encodes products: torch, or ONNX Runtime in INT8.
+DocumentBackend = Literal["torch", "onnx-int8"]
 
 #: Identity of the packaged model, also assumed for indexes written before stamps existed.
 PACKAGED_IDENTITY = "all-MiniLM-L6-v2"
@@ -189,18 +191,22 @@ class EncoderStamp:
     """Which encoder wrote an index.
 
     ``fingerprint`` decides (equal fingerprints mean comparable vectors); the rest is for
-    messages: ``identity`` is a human name, ``path`` the folder (None for the packaged model).
+    messages: ``identity`` is a human name, ``path`` the folder (None for the packaged model),
+    ``documents`` the backend that encoded the products (INT8 vectors approximate torch's, so
+    it does not decide).
     """
 
     identity: str
     fingerprint: str
     max_seq_length: int
     path: str | None = None
+    documents: DocumentBackend = "torch"
 
     def describe(self) -> str:
+        backend = "" if self.documents == "torch" else f", documents {self.documents}"
         return (
             f"{self.identity} (fingerprint {self.fingerprint}, "
-            f"max_seq_length {self.max_seq_length})"
+            f"max_seq_length {self.max_seq_length}{backend})"
         )
 
     def to_meta(self) -> dict[str, Any]:
@@ -210,6 +216,7 @@ class EncoderStamp:
             "fingerprint": self.fingerprint,
             "max_seq_length": self.max_seq_length,
             "path": self.path,
+            "documents": self.documents,
         }
 
     @classmethod
@@ -221,11 +228,15 @@ class EncoderStamp:
             raise IndexerError(f"index metadata holds an unreadable encoder stamp: {meta!r}")
         try:
             path = meta.get("path")
+            documents = meta.get("documents", "torch")
+            if documents not in get_args(DocumentBackend):
+                raise ValueError(f"documents {documents!r}")
             return cls(
                 identity=str(meta["identity"]),
                 fingerprint=str(meta["fingerprint"]),
                 max_seq_length=int(meta["max_seq_length"]),
                 path=None if path is None else str(path),
+                documents=documents,
             )
         except (KeyError, TypeError, ValueError) as e:
             raise IndexerError(
@@ -270,7 +281,9 @@ class BiEncoder:
     ``query_backend`` ``onnx-int8`` or ``onnx`` encodes queries with ONNX Runtime
     (`indexer.onnx_encoder.OnnxQueryEncoder`) from an export of this encoder made on first use
     under ``onnx_cache_dir`` (default: `IndexerSettings.onnx_cache_dir`), keyed by the
-    fingerprint. Products always go through torch: the stamp does not depend on the backend.
+    fingerprint. ``document_backend`` ``onnx-int8`` encodes products with the same export in
+    INT8 (`indexer.onnx_encoder.OnnxQueryEncoder.encode_many`, length-sorted batches, every
+    core); the fingerprint stays the same and the stamp records the backend.
 
     >>> encoder = BiEncoder()
     >>> encoder.encode_query("usb c charger").shape
@@ -286,6 +299,7 @@ class BiEncoder:
         query_cache_size: int = 4096,
         device: str | None = None,
         query_backend: QueryBackend = "torch",
+        document_backend: DocumentBackend = "torch",
         onnx_cache_dir: Path | None = None,
     ) -> None:
         self._model_path = model_path
@@ -299,7 +313,9 @@ class BiEncoder:
         self._cache_lock = threading.Lock()
         self.query_backend: QueryBackend = query_backend
         self._onnx_cache_dir = onnx_cache_dir
+        self.document_backend: DocumentBackend = document_backend
         self._onnx: OnnxQueryEncoder | None = None
+        self._onnx_documents: OnnxQueryEncoder | None = None
         self._onnx_lock = threading.Lock()
 
     @property
@@ -343,6 +359,7 @@ class BiEncoder:
             fingerprint=self.fingerprint,
             max_seq_length=self._max_seq_length,
             path=None if self.is_packaged else str(self.model_path.resolve()),
+            documents=self.document_backend,
         )
 
     @property
@@ -356,6 +373,10 @@ class BiEncoder:
         """Encode many texts in batches; returns an (n, dim) float32 array."""
         if not texts:
             return np.zeros((0, self.dimension), dtype=np.float32)
+        if self.document_backend == "onnx-int8":
+            return self.onnx_document_encoder.encode_many(
+                texts, self._batch_size, progress=progress
+            )
         vectors = self.model.encode(
             list(texts),
             batch_size=self._batch_size,
@@ -395,11 +416,23 @@ class BiEncoder:
         if self._onnx is None:
             with self._onnx_lock:
                 if self._onnx is None:
-                    self._onnx = self._open_onnx()
+                    precision: Precision = "fp32" if self.query_backend == "onnx" else "int8"
+                    # One short query is as fast on one thread as on two, and leaves the other
+                    # cores free.
+                    self._onnx = self._open_onnx(precision, threads=1)
         return self._onnx
 
-    def _open_onnx(self) -> OnnxQueryEncoder:
-        from indexer.onnx_encoder import OnnxQueryEncoder, Precision, ensure_query_export
+    @property
+    def onnx_document_encoder(self) -> OnnxQueryEncoder:
+        """The same export in INT8 on every core, for batches of products."""
+        if self._onnx_documents is None:
+            with self._onnx_lock:
+                if self._onnx_documents is None:
+                    self._onnx_documents = self._open_onnx("int8", threads=None)
+        return self._onnx_documents
+
+    def _open_onnx(self, precision: Precision, *, threads: int | None) -> OnnxQueryEncoder:
+        from indexer.onnx_encoder import OnnxQueryEncoder, ensure_query_export
 
         cache_dir = self._onnx_cache_dir
         if cache_dir is None:
@@ -409,6 +442,4 @@ class BiEncoder:
         folder = ensure_query_export(
             cache_dir, self.fingerprint, lambda: self.model, source=self.identity
         )
-        precision: Precision = "fp32" if self.query_backend == "onnx" else "int8"
-        # One short query is as fast on one thread as on two, and leaves the other cores free.
-        return OnnxQueryEncoder(folder, precision=precision, threads=1)
+        return OnnxQueryEncoder(folder, precision=precision, threads=threads)

@@ -12,8 +12,10 @@ per-channel INT8. Fused, the INT8 graph runs quantized attention and embeddings 
 QEmbedLayerNormalization) and measured faster than the quantized unfused trace; the SDPA trace
 does not fuse. In fp32 ONNX Runtime's load-time fusion alone was as fast.
 
-Only queries go through ONNX: documents keep the torch encoder, so an index's vectors and the
-encoder fingerprint do not depend on the query backend.
+Queries go through ONNX when ``SHOPRANK_QUERY_BACKEND`` asks; documents keep the torch encoder
+unless ``SHOPRANK_DOCUMENT_BACKEND=onnx-int8`` (`OnnxQueryEncoder.encode_many`). Either way the
+encoder fingerprint is the same: INT8 vectors are an approximation of the same space (cosine to
+torch about 0.99), and an index records which backend wrote its products (`EncoderStamp`).
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ if TYPE_CHECKING:
     import torch
     from onnxruntime import InferenceSession
     from sentence_transformers import SentenceTransformer
-    from tokenizers import Tokenizer
+    from tokenizers import Encoding, Tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -420,12 +422,38 @@ class OnnxQueryEncoder:
     def encode(self, texts: Sequence[str]) -> Vectors:
         """An (n, dim) float32 array of unit vectors, one per text, in one batch."""
         session, tokenizer = self._loaded()
+        return self._run(session, tokenizer.encode_batch(list(texts)))
+
+    def encode_many(
+        self, texts: Sequence[str], batch_size: int, *, progress: bool = False
+    ) -> Vectors:
+        """Unit vectors for many texts, in input order.
+
+        The texts are tokenized once and cut into batches of similar token counts, longest
+        first, each padded only to its own longest text.
+        """
+        session, tokenizer = self._loaded()
         encodings = tokenizer.encode_batch(list(texts))
+        order = sorted(range(len(encodings)), key=lambda i: (-len(encodings[i].ids), i))
+        batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+        from tqdm.auto import tqdm  # type: ignore[import-untyped]
+
+        vectors: Vectors | None = None
+        for batch in tqdm(batches, desc="Batches", disable=not progress):
+            rows = self._run(session, [encodings[i] for i in batch])
+            if vectors is None:
+                vectors = np.empty((len(encodings), rows.shape[1]), dtype=np.float32)
+            vectors[batch] = rows
+        if vectors is None:
+            raise IndexerError("encode_many needs at least one text")
+        return vectors
+
+    def _run(self, session: InferenceSession, encodings: Sequence[Encoding]) -> Vectors:
         inputs = padded_inputs([e.ids for e in encodings], [e.type_ids for e in encodings])
         try:
             (tokens,) = session.run(["last_hidden_state"], inputs)
         except ort_errors() as e:
-            raise IndexerError(f"ONNX query encoder {self.folder} failed: {e}") from e
+            raise IndexerError(f"ONNX bi-encoder {self.folder} failed: {e}") from e
         return mean_pool_normalize(tokens, inputs["attention_mask"])
 
     def close(self) -> None:

@@ -31,9 +31,13 @@ class IndexerSettings(BaseSettings):
     encoder_max_seq_length: int = Field(default=128, ge=16, le=512)
     query_cache_size: int = Field(default=4096, ge=0)
     #: How queries are encoded: ``torch`` (the default), or ONNX Runtime (``onnx-int8``,
-    #: ``onnx`` for fp32) from an export made on first use under `onnx_cache_dir`. Products are
-    #: always encoded with torch, so indexes and encoder fingerprints do not depend on this.
+    #: ``onnx`` for fp32) from an export made on first use under `onnx_cache_dir`. Encoder
+    #: fingerprints do not depend on it.
     query_backend: Literal["torch", "onnx-int8", "onnx"] = "torch"
+    #: How products are encoded: ``torch`` (the default) or ``onnx-int8`` (the same export,
+    #: INT8, length-sorted batches on every core). Vectors stay comparable (same fingerprint);
+    #: the index records the backend.
+    document_backend: Literal["torch", "onnx-int8"] = "torch"
 
     #: ``local`` (embedded, the default) or ``opensearch``.
     store: Literal["local", "opensearch"] = "local"

@@ -31,6 +31,7 @@ def build_encoder(settings: IndexerSettings) -> BiEncoder:
         max_seq_length=settings.encoder_max_seq_length,
         query_cache_size=settings.query_cache_size,
         query_backend=settings.query_backend,
+        document_backend=settings.document_backend,
         onnx_cache_dir=settings.onnx_cache_dir,
     )
 

@@ -1,4 +1,5 @@
-"""Queries encoded on ONNX Runtime land where torch puts them; documents and stamps stay torch's."""
+"""Queries and products encoded on ONNX Runtime land where torch puts them; the encoder
+fingerprint does not change, and an index's stamp says which backend encoded its products."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import numpy as np
 import pytest
 
 from indexer import onnx_encoder
-from indexer.encoder import BiEncoder, packaged_model_path
+from indexer.encoder import BiEncoder, EncoderStamp, packaged_model_path
 from indexer.errors import IndexerError
 from indexer.onnx_encoder import (
     INT8_MODEL,
@@ -52,6 +53,30 @@ def test_the_backend_is_a_setting_and_leaves_the_stamp_alone(
     assert not any(tmp_path.iterdir())
 
 
+def test_the_document_backend_is_a_setting_recorded_in_the_stamp(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    assert IndexerSettings().document_backend == "torch"
+    monkeypatch.setenv("SHOPRANK_DOCUMENT_BACKEND", "onnx-int8")
+    assert IndexerSettings().document_backend == "onnx-int8"
+    monkeypatch.setenv("SHOPRANK_DOCUMENT_BACKEND", "onnx")
+    with pytest.raises(ValueError, match="document_backend"):
+        IndexerSettings()
+
+    stamp = BiEncoder(document_backend="onnx-int8", onnx_cache_dir=tmp_path).stamp
+    torch_stamp = BiEncoder().stamp
+    assert stamp.fingerprint == torch_stamp.fingerprint  # comparable vectors
+    assert (stamp.documents, torch_stamp.documents) == ("onnx-int8", "torch")
+    assert "documents onnx-int8" in stamp.describe()
+    assert EncoderStamp.from_meta(stamp.to_meta()) == stamp
+    # Indexes written before the field existed were encoded with torch.
+    old = {k: v for k, v in torch_stamp.to_meta().items() if k != "documents"}
+    assert EncoderStamp.from_meta(old) == torch_stamp
+    with pytest.raises(IndexerError, match="encoder stamp"):
+        EncoderStamp.from_meta({**old, "documents": "tensorrt"})
+    assert not any(tmp_path.iterdir())  # nothing exported until products are encoded
+
+
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("onnx-cache")
@@ -78,6 +103,30 @@ def test_onnx_query_vectors_match_torch(
     assert encoder.encode_texts(QUERIES[:2]) == pytest.approx(
         torch_encoder.encode_texts(QUERIES[:2]), abs=1e-6
     )
+
+
+@pytest.mark.slow
+def test_int8_product_vectors_match_torch_in_input_order(
+    cache: Path, torch_encoder: BiEncoder
+) -> None:
+    from indexer.catalog import load_catalog
+    from indexer.schema import product_to_text
+
+    demo = Path(__file__).parents[2] / "plugin" / "demo"
+    products = load_catalog(next(demo.glob("*.jsonl.gz"))).products[:40]
+    # Short and long texts mixed, so batches are cut by length and written back by index.
+    texts = [product_to_text(p) if i % 2 else p.title for i, p in enumerate(products)]
+    encoder = BiEncoder(document_backend="onnx-int8", batch_size=8, onnx_cache_dir=cache)
+    got = encoder.encode_texts(texts)
+    assert got.shape == (len(texts), 384) and got.dtype == np.float32
+    assert np.linalg.norm(got, axis=1) == pytest.approx(np.ones(len(texts)), abs=1e-5)
+    cosines = (got * torch_encoder.encode_texts(texts)).sum(axis=1)
+    assert cosines.min() >= 0.97 and cosines.mean() >= 0.985
+    # Dynamic INT8 scales activations per batch, so a product's vector moves a little with its
+    # batch mates, but each row is its own product's.
+    alone = np.stack([encoder.onnx_document_encoder.encode([t])[0] for t in texts[:6]])
+    assert (alone @ got.T).argmax(axis=1).tolist() == list(range(6))
+    assert (alone * got[:6]).sum(axis=1).min() >= 0.98
 
 
 @pytest.mark.slow
