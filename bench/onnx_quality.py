@@ -96,7 +96,7 @@ def padded_tokens_per_request(
 ) -> dict[str, float]:
     """Mean tokens computed per request: input-order batches at 512 (naive), character-sorted
     batches (sentence-transformers' predict, in-process) and token-sorted batches (ONNX)."""
-    from reranker.batching import length_batches, padded_tokens
+    from indexer.batching import length_batches, padded_tokens
 
     totals: dict[str, list[int]] = {"naive": [], "in-process": [], "onnx": [], "unpadded": []}
     for query, texts in requests:

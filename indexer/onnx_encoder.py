@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from indexer.batching import length_batches
 from indexer.encoder import Vectors, hf_transformer
 from indexer.errors import IndexerError
 
@@ -434,8 +435,7 @@ class OnnxQueryEncoder:
         """
         session, tokenizer = self._loaded()
         encodings = tokenizer.encode_batch(list(texts))
-        order = sorted(range(len(encodings)), key=lambda i: (-len(encodings[i].ids), i))
-        batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+        batches = length_batches([len(e.ids) for e in encodings], batch_size)
         from tqdm.auto import tqdm  # type: ignore[import-untyped]
 
         vectors: Vectors | None = None

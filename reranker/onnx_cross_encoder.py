@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from indexer.batching import length_batches
 from indexer.errors import IndexerError
 from indexer.onnx_encoder import (
     OnnxCard,
@@ -24,7 +25,6 @@ from indexer.onnx_encoder import (
     padded_inputs,
     read_onnx_card,
 )
-from reranker.batching import length_batches
 from reranker.errors import CheckpointError, RerankerError
 
 if TYPE_CHECKING:

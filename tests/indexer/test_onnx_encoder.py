@@ -21,6 +21,7 @@ from indexer.onnx_encoder import (
     query_export_folder,
 )
 from indexer.settings import IndexerSettings
+from plugin.components import build_encoder
 
 QUERIES = [
     "usb c charger", "red running shoes for women size 8", "kitchen towels",
@@ -59,6 +60,8 @@ def test_the_document_backend_is_a_setting_recorded_in_the_stamp(
     assert IndexerSettings().document_backend == "torch"
     monkeypatch.setenv("SHOPRANK_DOCUMENT_BACKEND", "onnx-int8")
     assert IndexerSettings().document_backend == "onnx-int8"
+    # What `shoprank reindex` encodes with, and so what the index it writes records.
+    assert build_encoder(IndexerSettings(home=tmp_path)).stamp.documents == "onnx-int8"
     monkeypatch.setenv("SHOPRANK_DOCUMENT_BACKEND", "onnx")
     with pytest.raises(ValueError, match="document_backend"):
         IndexerSettings()

@@ -15,11 +15,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 from scipy.stats import spearmanr
 
+from indexer.batching import length_batches, padded_tokens
 from indexer.encoder import packaged_model_path
 from indexer.onnx_encoder import INT8_MODEL, ONNX_CARD, ONNX_MODEL
 from indexer.schema import Product, product_to_text
 from reranker.base import Reranker
-from reranker.batching import length_batches, padded_tokens
 from reranker.cross_encoder import InProcessCrossEncoder, inner_model, packaged_cross_encoder
 from reranker.errors import CheckpointError
 from reranker.onnx_cross_encoder import OnnxCrossEncoder

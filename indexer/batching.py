@@ -1,8 +1,9 @@
-"""Length-bucketed batches: pairs of similar length share a batch, so little is padding.
+"""Length-bucketed batches: inputs of similar length share a batch, so little is padding.
 
-A batch is padded to its own longest pair; sorting by length before cutting batches keeps
-short pairs from paying for long ones. Callers score batch by batch and write each score back
-at its input index, so the order they return is the input order.
+A batch is padded to its own longest input; sorting by length before cutting batches keeps
+short inputs from paying for long ones. Callers run batch by batch and write each result back
+at its input index, so the order they return is the input order. Used for the ONNX reranker's
+query-product pairs and the INT8 bi-encoder's product texts.
 """
 
 from __future__ import annotations
