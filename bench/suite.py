@@ -43,7 +43,7 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -350,7 +350,8 @@ def onnx_reranker(checkpoint: Path, scratch: Path) -> tuple[Any | None, Path | N
 
 
 def bench_rerank(
-    sizes: Sizes, checkpoint: Path, store: Any, scratch: Path, seed: int
+    sizes: Sizes, checkpoint: Path, store: Any, scratch: Path, seed: int,
+    short_length: int | None = None,
 ) -> dict[str, Any]:
     from reranker.cross_encoder import InProcessCrossEncoder
 
@@ -359,9 +360,18 @@ def bench_rerank(
     ours = InProcessCrossEncoder(checkpoint)
     naive = NaiveCrossEncoder(checkpoint)
     scorers: dict[str, Scorer] = {"ours": ours.score}
-    onnx, _, onnx_note = onnx_reranker(checkpoint, scratch)
+    onnx, onnx_folder, onnx_note = onnx_reranker(checkpoint, scratch)
+    methods = {"ours": f"InProcessCrossEncoder, max_length {ours.max_length}",
+               "onnx-int8": onnx_note}
     if onnx is not None:
         scorers["onnx-int8"] = onnx.score
+        if short_length is not None and onnx_folder is not None:
+            from reranker.onnx_cross_encoder import OnnxCrossEncoder
+
+            short = f"onnx-int8, max_length {short_length}"
+            scorers[short] = OnnxCrossEncoder(onnx_folder, max_length=short_length).score
+            methods[short] = (f"the same INT8 graph reading {short_length} tokens per pair "
+                              "(SHOPRANK_RERANKER_MAX_LENGTH): faster, but not equal quality")
     scorers["naive"] = naive.score
     for name, scorer in scorers.items():  # load, first-call allocations
         progress(f"rerank: warming up {name}")
@@ -386,7 +396,7 @@ def bench_rerank(
             len(ids) for query, texts in requests
             for ids in tokenizer([query] * len(texts), texts, truncation="longest_first",
                                  max_length=cap)["input_ids"])
-        for cap in (ours.model.max_seq_length, naive.max_length)
+        for cap in sorted({ours.max_length, naive.max_length, short_length or naive.max_length})
     }
     return {
         "requests": len(requests), "candidates": candidate_sizes,
@@ -394,8 +404,7 @@ def bench_rerank(
                   "(product_to_text); 50 candidates = the first 50",
         "mean_tokens_per_pair": mean_tokens,
         "methods": {
-            "ours": f"InProcessCrossEncoder, max_length {ours.model.max_seq_length}",
-            "onnx-int8": onnx_note,
+            **methods,
             "naive": f"CrossEncoder.predict, fp32, max_length {naive.max_length}, batches of 32",
         },
         "onnx_vs_ours_max_abs_score_difference": differences or None,
@@ -407,9 +416,9 @@ def bench_rerank(
 
 def http_servers(
     args: argparse.Namespace, checkpoint: Path, onnx_folder: Path | None
-) -> tuple[list[tuple[str, list[str], int]], dict[str, str], str]:
-    """The two servers' names, command lines and ports, their environment, and what ours
-    reranks with."""
+) -> tuple[list[tuple[str, list[str], int, dict[str, str]]], str]:
+    """The two servers' names, command lines, ports and environments, and what ours reranks
+    with."""
     from plugin.settings import RerankerKind
 
     reranker, folder = "cross-encoder", checkpoint
@@ -421,6 +430,10 @@ def http_servers(
             note += "; --reranker onnx asked, but the ONNX export is not available"
         else:
             reranker, folder, note = "onnx", onnx_folder, f"onnx on {onnx_folder}"
+    ours_env: dict[str, str] = {}
+    if args.rerank_max_length is not None:
+        ours_env["SHOPRANK_RERANKER_MAX_LENGTH"] = str(args.rerank_max_length)
+        note += f", reading {args.rerank_max_length} tokens per pair (SHOPRANK_RERANKER_MAX_LENGTH)"
     python, ours_port, naive_port = sys.executable, free_port(), free_port()
     # `python -m plugin` is `shoprank` (plugin/__main__.py), without relying on the installed
     # entry point
@@ -430,7 +443,9 @@ def http_servers(
              "--port", str(naive_port), "--checkpoint", str(checkpoint)]
     env = {**os.environ, "SHOPRANK_HOME": str(args.home), "HF_HUB_OFFLINE": "1",
            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-    return [("ours", ours, ours_port), ("naive", naive, naive_port)], env, note
+    env.pop("SHOPRANK_RERANKER_MAX_LENGTH", None)
+    return [("ours", ours, ours_port, {**env, **ours_env}),
+            ("naive", naive, naive_port, env)], note
 
 
 def http_requests_for(sizes: Sizes, rerank: bool, concurrency: int) -> int:
@@ -446,14 +461,14 @@ def bench_http(
     from reranker.evaluation import load_queries
 
     queries = list(load_queries(ESCI_QUERIES).values())
-    commands, env, note = http_servers(args, checkpoint, onnx_folder)
+    commands, note = http_servers(args, checkpoint, onnx_folder)
     points: list[dict[str, Any]] = []
     with ExitStack() as stack:
         progress("http: starting both servers")
         servers = [
             stack.enter_context(running_server(
                 name, argv, port=port, env=env, log=scratch / f"{name}.log", cwd=REPO))
-            for name, argv, port in commands
+            for name, argv, port, env in commands
         ]
         offset = 0
         number = 0
@@ -713,10 +728,17 @@ def main() -> None:
     parser.add_argument("--index", default=DEFAULT_INDEX)
     parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS))
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--rerank-max-length", type=int, metavar="TOKENS",
+                        help="ours' server reads this many tokens per pair, and the rerank "
+                             "section adds an INT8 row at it (faster; not equal quality)")
+    parser.add_argument("--rerank-http-requests", type=int, metavar="N",
+                        help="requests per hybrid+rerank point (default 4, quick 2)")
     args = parser.parse_args()
     reuse_only = args.home is not None
     args.home = (args.home or DEFAULT_HOME).resolve()
     sizes = QUICK if args.quick else FULL
+    if args.rerank_http_requests is not None:
+        sizes = replace(sizes, rerank_http_requests=args.rerank_http_requests)
     command = shlex.join(["python3", "-m", "bench.suite", *sys.argv[1:]])
     data: dict[str, Any] = {"machine": describe_machine(command), "quick": args.quick,
                             "sizes": asdict(sizes), "sections": args.sections}
@@ -736,7 +758,8 @@ def main() -> None:
             gc.collect()
         onnx_folder = None
         if "rerank" in args.sections and index is not None:
-            data["rerank"] = bench_rerank(sizes, checkpoint, index["store"], scratch, args.seed)
+            data["rerank"] = bench_rerank(sizes, checkpoint, index["store"], scratch, args.seed,
+                                          args.rerank_max_length)
             if args.reranker == "onnx" and "onnx-int8" in data["rerank"]["results"]["50"]:
                 onnx_folder = scratch / "onnx-int8"
             gc.collect()

@@ -52,6 +52,7 @@ def build_reranker(settings: Settings) -> Reranker:
             return TritonReranker(
                 settings.triton_url, checkpoint=settings.reranker_checkpoint,
                 timeout_seconds=settings.triton_timeout_seconds,
+                max_length=settings.reranker_max_length,
             )
         except RerankerError as e:
             raise PluginError(f"reranker triton: {e}") from e
@@ -64,9 +65,12 @@ def build_reranker(settings: Settings) -> Reranker:
         from reranker.onnx_cross_encoder import OnnxCrossEncoder
 
         return OnnxCrossEncoder(
-            settings.reranker_checkpoint, precision=settings.reranker_precision
+            settings.reranker_checkpoint, precision=settings.reranker_precision,
+            max_length=settings.reranker_max_length,
         )
-    return InProcessCrossEncoder(settings.reranker_checkpoint)
+    return InProcessCrossEncoder(
+        settings.reranker_checkpoint, max_length=settings.reranker_max_length
+    )
 
 
 def build_final_ranker(settings: Settings) -> LinearRanker | None:

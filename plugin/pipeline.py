@@ -34,7 +34,7 @@ from plugin.personalization import personal_terms, rescaled
 from plugin.rerank_budget import CHARS_PER_TOKEN, RerankCostModel
 from plugin.session_store import InMemorySessionStore, SessionStore, SessionStoreError
 from reranker.base import NoReranker, Reranker
-from reranker.errors import RerankerUnavailableError
+from reranker.errors import RerankerError, RerankerUnavailableError
 from reranker.exposure_store import InMemoryExposureStore
 from reranker.fairness import ExposureStore
 from reranker.features import (
@@ -159,8 +159,9 @@ class SearchPipeline:
         #: window shrinks to what fits, never below `min_rerank_window`.
         self.rerank_budget_ms = rerank_budget_ms
         self.min_rerank_window = min_rerank_window
-        max_length = getattr(self.reranker, "max_length", None) or 256
-        self.rerank_cost = RerankCostModel(max_chars=int(max_length * CHARS_PER_TOKEN))
+        self.rerank_cost = RerankCostModel(
+            max_chars=int(reranker_max_length(self.reranker) * CHARS_PER_TOKEN)
+        )
         #: Run BM25 beside query encoding and the vector search (hybrid mode).
         self.concurrent_retrieval = concurrent_retrieval
         self._pool: ThreadPoolExecutor | None = None
@@ -450,6 +451,15 @@ class SearchPipeline:
         return Embeddings(
             query_vector, self.store.vectors(ids) if texts else {}, stored_titles
         )
+
+
+def reranker_max_length(reranker: Reranker) -> int:
+    """Tokens of each pair ``reranker`` reads, for the budget's cost model; 256 when it does
+    not say, or cannot yet (a broken checkpoint fails on the first rerank, not here)."""
+    try:
+        return int(getattr(reranker, "max_length", None) or 256)
+    except RerankerError:
+        return 256
 
 
 def _fairness_scores(items: Sequence[RankedItem]) -> list[float]:

@@ -31,6 +31,9 @@ class Settings(BaseSettings):
     reranker_checkpoint: Path | None = None
     #: Reranker "onnx": which graph of an `export onnx` folder runs (int8 unless told).
     reranker_precision: Literal["int8", "fp32"] = "int8"
+    #: Tokens of each (query, product) pair the cross-encoder reads; unset: the checkpoint's
+    #: (its training length, else 256). Fewer tokens rerank faster but may rank worse.
+    reranker_max_length: int | None = Field(default=None, ge=16, le=512)
     #: The Triton server's HTTP endpoint, for reranker "triton".
     triton_url: str = "http://127.0.0.1:8000"
     #: Per-call limit on a Triton rerank; past it, search answers in retrieval order (degraded).

@@ -110,6 +110,14 @@ class InProcessCrossEncoder:
         return f"cross-encoder:{self.checkpoint.name}"
 
     @property
+    def max_length(self) -> int:
+        """Tokens of each pair the model reads: the one given, else the card's, else 256."""
+        if self._max_length is not None:
+            return self._max_length
+        card = read_model_card(self.checkpoint)
+        return card.max_length if card else DEFAULT_MAX_LENGTH
+
+    @property
     def model(self) -> CrossEncoder:
         if self._model is None:
             with self._lock:
@@ -130,7 +138,7 @@ class InProcessCrossEncoder:
                 f"LoRA artifact {self.checkpoint} has no {MODEL_CARD}: "
                 "it was not written by 'shoprank tune reranker'"
             )
-        max_length = self._max_length or (card.max_length if card else DEFAULT_MAX_LENGTH)
+        max_length = self.max_length
         prepare_offline_loading()
         logger.info("loading cross-encoder from %s", self.checkpoint)
         try:

@@ -74,6 +74,16 @@ class OnnxCrossEncoder:
     def name(self) -> str:
         return f"onnx-{self.precision}:{self.folder.name}"
 
+    @property
+    def max_length(self) -> int:
+        """Tokens of each pair the model reads: the one given, else the export's."""
+        if self._max_length is not None:
+            return self._max_length
+        try:
+            return read_onnx_card(self.folder).max_length
+        except IndexerError as e:
+            raise CheckpointError(f"cannot load ONNX cross-encoder {self.folder}: {e}") from e
+
     def _load(self) -> _Loaded:
         if self._loaded is None:
             with self._lock:
@@ -95,7 +105,7 @@ class OnnxCrossEncoder:
                     "(the default) or use precision 'fp32'"
                 )
             session = open_session(path, threads=self._threads)
-            tokenizer = load_tokenizer(self.folder, self._max_length or card.max_length)
+            tokenizer = load_tokenizer(self.folder, self.max_length)
         except IndexerError as e:
             raise CheckpointError(f"cannot load ONNX cross-encoder {self.folder}: {e}") from e
         return _Loaded(card, session, tokenizer)

@@ -39,6 +39,28 @@ def test_lengths_are_capped_at_what_the_model_reads() -> None:
     assert model.chars("query", ["x" * 10, "x" * 500]) == [15, 50]
 
 
+def test_the_cost_model_caps_pairs_at_the_reranker_max_length(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from pydantic import ValidationError
+
+    from plugin.pipeline import reranker_max_length
+    from plugin.settings import Settings
+    from reranker.base import NoReranker
+    from reranker.errors import CheckpointError
+
+    class Broken(NoReranker):
+        @property
+        def max_length(self) -> int:
+            raise CheckpointError("no such checkpoint")
+
+    assert reranker_max_length(NoReranker()) == 256  # says nothing: the default
+    assert reranker_max_length(Broken()) == 256  # fails on its first rerank, not at startup
+    monkeypatch.setenv("SHOPRANK_RERANKER_MAX_LENGTH", "8")
+    with pytest.raises(ValidationError, match=r"reranker_max_length[\s\S]*16"):
+        Settings()
+
+
 class SlowReranker:
     """Takes 1 ms per 100 characters, like a model whose cost grows with the text."""
 

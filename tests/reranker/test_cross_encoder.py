@@ -34,6 +34,20 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path: Path) -> None:
         InProcessCrossEncoder(tmp_path).score("q", ["text"])
 
 
+def test_a_max_length_setting_cuts_what_the_model_reads(checkpoint: Path) -> None:
+    from plugin.components import build_reranker
+    from plugin.settings import Settings
+
+    text = "Insulated stainless steel water bottle" + " with a bamboo lid" * 4
+    longer = text + " that keeps drinks cold for a whole day"
+    short = build_reranker(Settings(reranker="cross-encoder", reranker_checkpoint=checkpoint,
+                                    reranker_max_length=24))
+    full = InProcessCrossEncoder(checkpoint)
+    assert short.max_length == 24 and full.max_length == 256  # no model card: 256
+    assert short.score("water bottle", [text]) == short.score("water bottle", [longer])
+    assert full.score("water bottle", [text]) != full.score("water bottle", [longer])
+
+
 def test_pipeline_reranks_the_window_by_cross_encoder_score(
     checkpoint: Path, tmp_path: Path
 ) -> None:

@@ -221,6 +221,16 @@ def test_the_cli_exports_and_the_server_settings_load_it(
     assert reranker.name.startswith("onnx-int8")
     scores = reranker.score("usb c charger", texts[:3])
     assert len(scores) == 3 and all(0.0 <= score <= 1.0 for score in scores)
+
+    # SHOPRANK_RERANKER_MAX_LENGTH: past 24 tokens of the pair, the product text is not read
+    text = "Insulated stainless steel water bottle" + " with a bamboo lid" * 4
+    longer = text + " that keeps drinks cold for a whole day"
+    short = build_reranker(
+        Settings(reranker="onnx", reranker_checkpoint=out, reranker_max_length=24)
+    )
+    assert short.max_length == 24 and reranker.max_length == 256  # the export's
+    assert short.score(QUERY, [text]) == short.score(QUERY, [longer])
+    assert reranker.score(QUERY, [text]) != reranker.score(QUERY, [longer])
     missing = CliRunner().invoke(
         app, ["export", "onnx", "--checkpoint", str(tmp_path / "nope"),
               "--out", str(tmp_path / "x")],
