@@ -40,7 +40,7 @@ Vectors = npt.NDArray[np.float32]
 #: How `BiEncoder` encodes queries: torch, or ONNX Runtime in INT8 (``onnx-int8``) or fp32.
 QueryBackend = Literal["torch", "onnx-int8", "onnx"]
 #: How `BiEncoder` encodes products: torch, or ONNX Runtime in INT8.
-DocumentBackend = Literal["torch", "onnx-int8"]
+DocumentBackend = Literal["torch", "onnx-int8", "onnx"]
 
 #: Identity of the packaged model, also assumed for indexes written before stamps existed.
 PACKAGED_IDENTITY = "all-MiniLM-L6-v2"
@@ -281,9 +281,9 @@ class BiEncoder:
     ``query_backend`` ``onnx-int8`` or ``onnx`` encodes queries with ONNX Runtime
     (`indexer.onnx_encoder.OnnxQueryEncoder`) from an export of this encoder made on first use
     under ``onnx_cache_dir`` (default: `IndexerSettings.onnx_cache_dir`), keyed by the
-    fingerprint. ``document_backend`` ``onnx-int8`` encodes products with the same export in
-    INT8 (`indexer.onnx_encoder.OnnxQueryEncoder.encode_many`, length-sorted batches, every
-    core); the fingerprint stays the same and the stamp records the backend.
+    fingerprint. ``document_backend`` ``onnx-int8`` (or ``onnx``, fp32) encodes products with
+    the same export (`indexer.onnx_encoder.OnnxQueryEncoder.encode_many`, length-sorted
+    batches, every core); the fingerprint stays the same and the stamp records the backend.
 
     >>> encoder = BiEncoder()
     >>> encoder.encode_query("usb c charger").shape
@@ -373,7 +373,7 @@ class BiEncoder:
         """Encode many texts in batches; returns an (n, dim) float32 array."""
         if not texts:
             return np.zeros((0, self.dimension), dtype=np.float32)
-        if self.document_backend == "onnx-int8":
+        if self.document_backend != "torch":
             return self.onnx_document_encoder.encode_many(
                 texts, self._batch_size, progress=progress
             )
@@ -424,11 +424,12 @@ class BiEncoder:
 
     @property
     def onnx_document_encoder(self) -> OnnxQueryEncoder:
-        """The same export in INT8 on every core, for batches of products."""
+        """The same export (INT8, or fp32 for ``onnx``) on every core, for batches of products."""
         if self._onnx_documents is None:
             with self._onnx_lock:
                 if self._onnx_documents is None:
-                    self._onnx_documents = self._open_onnx("int8", threads=None)
+                    precision: Precision = "fp32" if self.document_backend == "onnx" else "int8"
+                    self._onnx_documents = self._open_onnx(precision, threads=None)
         return self._onnx_documents
 
     def _open_onnx(self, precision: Precision, *, threads: int | None) -> OnnxQueryEncoder:

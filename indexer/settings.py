@@ -34,10 +34,10 @@ class IndexerSettings(BaseSettings):
     #: ``onnx`` for fp32) from an export made on first use under `onnx_cache_dir`. Encoder
     #: fingerprints do not depend on it.
     query_backend: Literal["torch", "onnx-int8", "onnx"] = "torch"
-    #: How products are encoded: ``torch`` (the default) or ``onnx-int8`` (the same export,
-    #: INT8, length-sorted batches on every core). Vectors stay comparable (same fingerprint);
-    #: the index records the backend.
-    document_backend: Literal["torch", "onnx-int8"] = "torch"
+    #: How products are encoded: ``torch`` (the default) or ONNX Runtime (``onnx-int8``, ``onnx``
+    #: for fp32; the same export, length-sorted batches on every core). Vectors stay comparable
+    #: (same fingerprint); the index records the backend.
+    document_backend: Literal["torch", "onnx-int8", "onnx"] = "torch"
 
     #: ``local`` (embedded, the default) or ``opensearch``.
     store: Literal["local", "opensearch"] = "local"

@@ -62,7 +62,7 @@ def test_the_document_backend_is_a_setting_recorded_in_the_stamp(
     assert IndexerSettings().document_backend == "onnx-int8"
     # What `shoprank reindex` encodes with, and so what the index it writes records.
     assert build_encoder(IndexerSettings(home=tmp_path)).stamp.documents == "onnx-int8"
-    monkeypatch.setenv("SHOPRANK_DOCUMENT_BACKEND", "onnx")
+    monkeypatch.setenv("SHOPRANK_DOCUMENT_BACKEND", "onnx-fp16")
     with pytest.raises(ValueError, match="document_backend"):
         IndexerSettings()
 
@@ -130,6 +130,20 @@ def test_int8_product_vectors_match_torch_in_input_order(
     alone = np.stack([encoder.onnx_document_encoder.encode([t])[0] for t in texts[:6]])
     assert (alone @ got.T).argmax(axis=1).tolist() == list(range(6))
     assert (alone * got[:6]).sum(axis=1).min() >= 0.98
+
+
+@pytest.mark.slow
+def test_fp32_product_vectors_are_torch_vectors(cache: Path, torch_encoder: BiEncoder) -> None:
+    from indexer.catalog import load_catalog
+    from indexer.schema import product_to_text
+
+    demo = Path(__file__).parents[2] / "plugin" / "demo"
+    products = load_catalog(next(demo.glob("*.jsonl.gz"))).products[:24]
+    texts = [product_to_text(p) if i % 2 else p.title for i, p in enumerate(products)]
+    encoder = BiEncoder(document_backend="onnx", batch_size=8, onnx_cache_dir=cache)
+    assert encoder.stamp.documents == "onnx"
+    cosines = (encoder.encode_texts(texts) * torch_encoder.encode_texts(texts)).sum(axis=1)
+    assert cosines.min() >= 0.99999  # the same arithmetic, up to float rounding
 
 
 @pytest.mark.slow
