@@ -131,6 +131,10 @@ def describe_machine(command: str) -> dict[str, Any]:
             "uvicorn", "httpx")},
         "git_commit": _git("rev-parse", "HEAD"),
         "git_changed_files": len(changed.splitlines()) if changed != "unknown" else None,
+        # Settings change what "ours" runs (backends, lengths): the command line alone does not say.
+        "shoprank_environment": {k: v for k, v in sorted(os.environ.items())
+                                 if k.startswith("SHOPRANK_") and "KEY" not in k
+                                 and "PASSWORD" not in k},
     }
 
 
@@ -564,6 +568,8 @@ def report(data: dict[str, Any]) -> str:
         f"sentence-transformers {v['sentence-transformers']}, transformers {v['transformers']}, "
         f"fastapi {v['fastapi']}, uvicorn {v['uvicorn']}, httpx {v['httpx']}",
         f"- git: {m['git_commit']} ({m['git_changed_files']} tracked files changed)",
+        "- SHOPRANK_ settings in the environment: " + (", ".join(
+            f"`{k}={v}`" for k, v in m.get("shoprank_environment", {}).items()) or "none"),
         f"- checkpoint: {data['checkpoint']}",
         "- ratios: throughput ours / naive; latency speed-up naive / ours (above 1: ours faster)",
         "",
