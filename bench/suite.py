@@ -3,6 +3,7 @@
     python3 -m bench.suite [--quick] [--out-dir bench/results] [--checkpoint DIR]
                            [--reranker cross-encoder|onnx] [--home DIR] [--index NAME]
                            [--sections indexing query rerank http]
+                           [--rerank-max-length TOKENS] [--rerank-http-requests N]
 
 Four measurements, each against a naive baseline measured in the same run (bench/naive_server.py
 holds the baselines):
@@ -15,11 +16,13 @@ holds the baselines):
   seen, and again from its cache (two lines, never mixed), vs. ``encode([query])`` per call; and
   the cache's hit rate on a repeated stream;
 - reranking (pairs/s, ms) of 50 and 100 hybrid-retrieved ESCI candidates: `InProcessCrossEncoder`
-  and, when the module exists, the ONNX INT8 reranker, vs. ``CrossEncoder.predict`` at
-  max_length 512;
+  and, when the module exists, the ONNX INT8 reranker (plus, with ``--rerank-max-length``, the
+  same graph reading fewer tokens per pair), vs. ``CrossEncoder.predict`` at max_length 512;
 - HTTP (ms, errors): `shoprank serve` and `python3 -m bench.naive_server`, both running, loaded in
   turn by bench/http_load.py, for bm25, vector, hybrid and hybrid+rerank at concurrency 1, 4, 16.
 
+Settings in the environment (``SHOPRANK_DOCUMENT_BACKEND``, ``SHOPRANK_QUERY_BACKEND``, ...)
+change what "ours" runs; the report records the non-secret ones it knows (`RECORDED_SETTINGS`).
 The ESCI index is built once in ``--home`` (default .cache/bench-suite) with `shoprank reindex`
 if it is missing. Writes ``suite-<date>[-quick].{md,json}`` to ``--out-dir``; progress goes to
 stderr.
@@ -71,6 +74,13 @@ HTTP_MODES: dict[str, tuple[str, bool]] = {
     "hybrid+rerank": ("hybrid", True),
 }
 Scorer = Callable[[str, Sequence[str]], Sequence[float]]
+#: The settings a report records when they are in the environment (none can hold a secret).
+RECORDED_SETTINGS = tuple(f"SHOPRANK_{name}" for name in (
+    "QUERY_BACKEND", "DOCUMENT_BACKEND", "ENCODER_PATH", "ENCODER_MAX_SEQ_LENGTH",
+    "ENCODE_BATCH_SIZE", "QUERY_CACHE_SIZE", "STORE", "RERANKER", "RERANKER_PRECISION",
+    "RERANKER_MAX_LENGTH", "CANDIDATES", "RERANK_WINDOW", "RERANK_BUDGET_MS",
+    "MIN_RERANK_WINDOW", "MAX_CONCURRENT_RERANKS", "CONCURRENT_RETRIEVAL", "FINAL_RANKER",
+    "FAIRNESS", "SESSION_STORE", "PERSONALIZATION_WEIGHT", "OUT_OF_STOCK"))
 _STARTED = time.perf_counter()
 
 
@@ -131,10 +141,9 @@ def describe_machine(command: str) -> dict[str, Any]:
             "uvicorn", "httpx")},
         "git_commit": _git("rev-parse", "HEAD"),
         "git_changed_files": len(changed.splitlines()) if changed != "unknown" else None,
-        # Settings change what "ours" runs (backends, lengths): the command line alone does not say.
-        "shoprank_environment": {k: v for k, v in sorted(os.environ.items())
-                                 if k.startswith("SHOPRANK_") and "KEY" not in k
-                                 and "PASSWORD" not in k},
+        # Settings change what "ours" runs (backends, lengths): the command line alone does not
+        # say. Only known, non-secret ones: URLs and keys can carry credentials.
+        "shoprank_environment": {k: os.environ[k] for k in RECORDED_SETTINGS if k in os.environ},
     }
 
 
@@ -447,7 +456,6 @@ def http_servers(
              "--port", str(naive_port), "--checkpoint", str(checkpoint)]
     env = {**os.environ, "SHOPRANK_HOME": str(args.home), "HF_HUB_OFFLINE": "1",
            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-    env.pop("SHOPRANK_RERANKER_MAX_LENGTH", None)
     return [("ours", ours, ours_port, {**env, **ours_env}),
             ("naive", naive, naive_port, env)], note
 
@@ -722,6 +730,13 @@ def http_report(h: dict[str, Any]) -> list[str]:
     return [*lines, ""]
 
 
+def _tokens(text: str) -> int:
+    value = int(text)
+    if not 16 <= value <= 512:
+        raise argparse.ArgumentTypeError(f"--rerank-max-length must be 16-512 (got {value})")
+    return value
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller samples (~5 minutes)")
@@ -734,9 +749,11 @@ def main() -> None:
     parser.add_argument("--index", default=DEFAULT_INDEX)
     parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS))
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--rerank-max-length", type=int, metavar="TOKENS",
+    parser.add_argument("--rerank-max-length", type=_tokens, metavar="TOKENS",
+                        default=os.environ.get("SHOPRANK_RERANKER_MAX_LENGTH"),
                         help="ours' server reads this many tokens per pair, and the rerank "
-                             "section adds an INT8 row at it (faster; not equal quality)")
+                             "section adds an INT8 row at it (faster; not equal quality); "
+                             "default: SHOPRANK_RERANKER_MAX_LENGTH")
     parser.add_argument("--rerank-http-requests", type=int, metavar="N",
                         help="requests per hybrid+rerank point (default 4, quick 2)")
     args = parser.parse_args()

@@ -39,7 +39,7 @@ logger = logging.getLogger(__name__)
 Vectors = npt.NDArray[np.float32]
 #: How `BiEncoder` encodes queries: torch, or ONNX Runtime in INT8 (``onnx-int8``) or fp32.
 QueryBackend = Literal["torch", "onnx-int8", "onnx"]
-#: How `BiEncoder` encodes products: torch, or ONNX Runtime in INT8.
+#: How `BiEncoder` encodes products: torch, or ONNX Runtime in INT8 (``onnx-int8``) or fp32.
 DocumentBackend = Literal["torch", "onnx-int8", "onnx"]
 
 #: Identity of the packaged model, also assumed for indexes written before stamps existed.
@@ -377,6 +377,9 @@ class BiEncoder:
             return self.onnx_document_encoder.encode_many(
                 texts, self._batch_size, progress=progress
             )
+        return self._encode_torch(texts, progress=progress)
+
+    def _encode_torch(self, texts: Sequence[str], *, progress: bool = False) -> Vectors:
         vectors = self.model.encode(
             list(texts),
             batch_size=self._batch_size,
@@ -395,7 +398,8 @@ class BiEncoder:
                 self._cache.move_to_end(key)
                 return cached
         if self.query_backend == "torch":
-            vector: Vectors = self.encode_texts([key])[0]
+            # Not `encode_texts`: the document backend is for products only.
+            vector: Vectors = self._encode_torch([key])[0]
         else:
             vector = self.onnx_query_encoder.encode([key])[0]
         vector.setflags(write=False)

@@ -13,9 +13,10 @@ QEmbedLayerNormalization) and measured faster than the quantized unfused trace; 
 does not fuse. In fp32 ONNX Runtime's load-time fusion alone was as fast.
 
 Queries go through ONNX when ``SHOPRANK_QUERY_BACKEND`` asks; documents keep the torch encoder
-unless ``SHOPRANK_DOCUMENT_BACKEND=onnx-int8`` (`OnnxQueryEncoder.encode_many`). Either way the
-encoder fingerprint is the same: INT8 vectors are an approximation of the same space (cosine to
-torch about 0.99), and an index records which backend wrote its products (`EncoderStamp`).
+unless ``SHOPRANK_DOCUMENT_BACKEND`` is ``onnx-int8`` or ``onnx`` (fp32; the same vectors as
+torch), both through `OnnxQueryEncoder.encode_many`. Either way the encoder fingerprint is the
+same: INT8 vectors are an approximation of the same space (cosine to torch about 0.99), and an
+index records which backend wrote its products (`EncoderStamp`).
 """
 
 from __future__ import annotations

@@ -40,22 +40,37 @@ def test_lengths_are_capped_at_what_the_model_reads() -> None:
 
 
 def test_the_cost_model_caps_pairs_at_the_reranker_max_length(
-    monkeypatch: pytest.MonkeyPatch,
+    pipeline: SearchPipeline,  # noqa: F811
 ) -> None:
-    from pydantic import ValidationError
-
+    from plugin.components import build_reranker
     from plugin.pipeline import reranker_max_length
     from plugin.settings import Settings
     from reranker.base import NoReranker
     from reranker.errors import CheckpointError
+
+    class Short(NoReranker):
+        max_length = 48
 
     class Broken(NoReranker):
         @property
         def max_length(self) -> int:
             raise CheckpointError("no such checkpoint")
 
+    built = SearchPipeline(pipeline.store, pipeline.encoder, Short())
+    assert built.rerank_cost.max_chars == 48 * 4  # what 48 tokens hold, about
     assert reranker_max_length(NoReranker()) == 256  # says nothing: the default
     assert reranker_max_length(Broken()) == 256  # fails on its first rerank, not at startup
+    triton = build_reranker(Settings(reranker="triton", reranker_max_length=48))
+    assert reranker_max_length(triton) == 48  # Triton's tokenizer cuts there too
+
+
+def test_an_out_of_range_reranker_max_length_names_the_field_and_limit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from pydantic import ValidationError
+
+    from plugin.settings import Settings
+
     monkeypatch.setenv("SHOPRANK_RERANKER_MAX_LENGTH", "8")
     with pytest.raises(ValidationError, match=r"reranker_max_length[\s\S]*16"):
         Settings()
