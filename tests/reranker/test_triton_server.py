@@ -117,6 +117,44 @@ def test_triton_scores_equal_in_process_scores(
         served.close()
 
 
+def test_length_buckets_score_what_one_padded_pass_scores(
+    full_checkpoint: Path, products: list[Product]
+) -> None:
+    """The model reloaded with ``length_buckets`` (one forward pass per bucket, as
+    bench/triton_gpu.sh measures it) scores what the in-process reranker scores."""
+    import json
+
+    from tritonclient.http import InferenceServerClient
+    from tritonclient.utils import InferenceServerException
+
+    _export(full_checkpoint)
+    http = InferenceServerClient(TRITON_URL.removeprefix("http://"))
+    original = http.get_model_config(MODEL_NAME)
+
+    def reload(buckets: str) -> None:
+        config = json.loads(json.dumps(original))
+        config.setdefault("parameters", {})["length_buckets"] = {"string_value": buckets}
+        http.load_model(MODEL_NAME, config=json.dumps(config))
+
+    texts = [p.title for p in products[:20]] + [product_to_text(p) for p in products[20:40]]
+    queries = ["stainless steel water bottle", "dress"]
+    served = TritonReranker(TRITON_URL, checkpoint=full_checkpoint, timeout_seconds=60)
+    local = InProcessCrossEncoder(full_checkpoint)
+    try:
+        with pytest.raises(InferenceServerException, match="length_buckets"):
+            reload("short,long")
+        reload("16,32,64")
+        with ThreadPoolExecutor(2) as pool:  # requests joined by the batcher, then bucketed
+            remote = list(pool.map(lambda q: served.score(q, texts), queries))
+        for query, scores in zip(queries, remote, strict=True):
+            expected = local.score(query, texts)
+            assert np.max(np.abs(np.array(scores) - np.array(expected))) <= 1e-4
+    finally:
+        served.close()
+        http.load_model(MODEL_NAME, config=json.dumps(original))
+        http.close()
+
+
 def test_a_bad_request_gets_its_own_error_and_the_batch_still_answers(
     client: TritonReranker, full_checkpoint: Path
 ) -> None:

@@ -86,6 +86,11 @@ def check_request(names: tuple[str, str, str], tensors: list[torch.Tensor], limi
         invalid = (tensor != 0) & (tensor != 1)
         if invalid.any():
             raise BadRequest(f"{name}: value {tensor[invalid][0].item()}, only 0 and 1 allowed")
+    # Each pair's tokens come first and its padding after (length buckets cut padding off).
+    if (mask[:, 0] == 0).any() or (mask[:, 1:] > mask[:, :-1]).any():
+        raise BadRequest(
+            f"{names[1]}: each pair must start with a token and be padded on the right"
+        )
 
 
 def pad_together(tensors: list[torch.Tensor]) -> torch.Tensor:
@@ -97,6 +102,27 @@ def pad_together(tensors: list[torch.Tensor]) -> torch.Tensor:
         out[row : row + len(tensor), : tensor.shape[1]] = tensor
         row += len(tensor)
     return out
+
+
+def parse_length_buckets(text: str, max_length: int) -> tuple[int, ...]:
+    """The ``length_buckets`` parameter: ascending pair widths (``"64,128,256"``); empty: none."""
+    if not text.strip():
+        return ()
+    try:
+        widths = tuple(sorted({int(part) for part in text.split(",")}))
+    except ValueError as e:
+        raise ValueError(f"length_buckets {text!r}: comma-separated token counts") from e
+    if widths[0] < 1 or widths[-1] > max_length:
+        raise ValueError(f"length_buckets {text!r}: each width 1 to {max_length}")
+    return widths
+
+
+def length_groups(lengths: torch.Tensor, widths: tuple[int, ...]) -> list[torch.Tensor]:
+    """Row indices grouped by the smallest of ``widths`` that holds each pair's real length
+    (longer pairs form a last group); groups in width order, empty ones left out."""
+    bucket = torch.bucketize(lengths, torch.tensor(widths, dtype=lengths.dtype))
+    groups = [torch.nonzero(bucket == number).flatten() for number in range(len(widths) + 1)]
+    return [group for group in groups if len(group)]
 
 
 def load_cross_encoder(checkpoint: Path) -> tuple[torch.nn.Module, torch.nn.Module]:
@@ -230,6 +256,11 @@ class TritonPythonModel:
             max_length=min(MAX_SEQUENCE_LENGTH, model.config.max_position_embeddings),
             vocab_size=model.config.vocab_size,
         )
+        #: Candidate-length buckets: a batch's pairs run as one forward pass per bucket, each
+        #: padded only to its own longest pair (empty: one pass padded to the batch's longest).
+        self.buckets = parse_length_buckets(
+            parameters.get("length_buckets", {}).get("string_value", ""), self.limits.max_length
+        )
         self.metrics = Metrics({"model": args["model_name"], "version": args["model_version"]})
         pb_utils.Logger.log_info(
             f"shoprank_reranker {args['model_version']}: {checkpoint} on {self.device}, {precision}"
@@ -263,10 +294,24 @@ class TritonPythonModel:
         return responses
 
     def _score(self, batch: list[list[torch.Tensor]]) -> torch.Tensor:
-        """One forward pass over all pairs of ``batch``: ``[pairs, 1]`` FP32 scores, on CPU."""
-        ids, mask, segments = (
-            pad_together([tensors[i] for tensors in batch]).to(self.device) for i in range(3)
-        )
+        """``[pairs, 1]`` FP32 scores for all pairs of ``batch``, on CPU: one forward pass, or
+        one per length bucket."""
+        ids, mask, segments = (pad_together([tensors[i] for tensors in batch]) for i in range(3))
+        if not self.buckets:
+            return self._forward(ids, mask, segments)
+        lengths = mask.sum(dim=1)
+        scores = torch.empty((len(ids), 1), dtype=torch.float32)
+        for rows in length_groups(lengths, self.buckets):
+            width = int(lengths[rows].max())  # pairs are right-padded: the rest is padding
+            scores[rows] = self._forward(
+                ids[rows, :width], mask[rows, :width], segments[rows, :width]
+            )
+        return scores
+
+    def _forward(
+        self, ids: torch.Tensor, mask: torch.Tensor, segments: torch.Tensor
+    ) -> torch.Tensor:
+        ids, mask, segments = (t.to(self.device) for t in (ids, mask, segments))
         started = time.perf_counter()
         with torch.inference_mode():
             logits = self.model(input_ids=ids, attention_mask=mask, token_type_ids=segments).logits
