@@ -21,7 +21,7 @@ from indexer.errors import CatalogError, IndexerError
 from indexer.indexing import reindex_catalog, upsert_products
 from indexer.settings import IndexerSettings
 from indexer.store import Filters, RetrievalMode
-from plugin.components import build_encoder, build_pipeline, build_store
+from plugin.components import build_encoder, build_pipeline, build_store, limit_blas_threads
 from plugin.demo import DEMO_CATALOG, DEMO_INDEX
 from plugin.errors import PluginError
 from plugin.evaluate import (
@@ -306,6 +306,7 @@ def _serve(settings: Settings) -> None:
     except PluginError as e:
         _fail(str(e))
     app_ = create_app(settings, pipeline)
+    limit_blas_threads(settings.blas_threads)
     uvicorn.run(app_, host=settings.host, port=settings.port, log_level="info")
 
 

@@ -42,6 +42,14 @@ def build_store(settings: Settings) -> VectorStore:
     return LocalStore(settings.index_root)
 
 
+def limit_blas_threads(threads: int) -> None:
+    """Cap this process's BLAS thread pools (numpy's OpenBLAS) at ``threads``; 0 leaves them."""
+    if threads:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(limits=threads, user_api="blas")
+
+
 def build_reranker(settings: Settings) -> Reranker:
     if settings.reranker == "none":
         return NoReranker()

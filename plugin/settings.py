@@ -55,6 +55,9 @@ class Settings(BaseSettings):
     max_concurrent_reranks: int = Field(default=2, ge=1, le=256)
     #: Run BM25 beside the query encoder and the vector search in hybrid mode.
     concurrent_retrieval: bool = True
+    #: Threads numpy's BLAS may use in `serve` (the vector search's matrix products): 1 lets
+    #: concurrent searches share the cores instead of fighting over them; 0 keeps the library's.
+    blas_threads: int = Field(default=1, ge=0, le=1024)
     #: The fairness policy of searches that do not name one, as JSON in the environment
     #: (SHOPRANK_FAIRNESS='{"policy": "group_cap", "cap": 3}'); unset: none.
     fairness: FairnessPolicy | None = None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from plugin.cli import app
@@ -50,3 +51,29 @@ def test_tune_ranker_needs_queries_and_qrels_for_every_catalog(tmp_path: Path) -
     assert result.exit_code == 2
     assert "2 --catalog, 1 --queries, 1 --qrels" in " ".join(result.output.split())
     assert not (tmp_path / "r.json").exists()
+
+
+def test_serve_runs_numpy_blas_on_the_threads_the_setting_gives(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import uvicorn
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    from plugin import cli
+    from plugin.settings import Settings
+
+    def blas() -> set[int]:
+        return {info["num_threads"] for info in threadpool_info() if info["user_api"] == "blas"}
+
+    before = max(blas())
+    monkeypatch.setattr(cli, "build_pipeline", lambda settings: object())
+    monkeypatch.setattr("plugin.api.create_app", lambda settings, pipeline: object())
+    monkeypatch.setattr(uvicorn, "run", lambda app, **options: None)
+    try:
+        assert Settings().blas_threads == 1
+        cli._serve(Settings(blas_threads=0))
+        assert max(blas()) == before  # 0: the library's own
+        cli._serve(Settings())
+        assert blas() == {1}
+    finally:
+        threadpool_limits(limits=before, user_api="blas")
