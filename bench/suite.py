@@ -257,13 +257,13 @@ def bench_query_encoding(sizes: Sizes, seed: int) -> dict[str, Any]:
     from plugin.components import build_encoder
 
     class CountingBiEncoder(BiEncoder):
-        """Counts cache misses: `encode_query` encodes only on a miss."""
+        """Counts cache misses: `encode_query` runs the model (torch here) only on a miss."""
 
         misses = 0
 
-        def encode_texts(self, texts: Sequence[str], *, progress: bool = False) -> Vectors:
+        def _encode_torch(self, texts: Sequence[str], *, progress: bool = False) -> Vectors:
             self.misses += 1
-            return super().encode_texts(texts, progress=progress)
+            return super()._encode_torch(texts, progress=progress)
 
     every = real_queries()
     rng = random.Random(seed)
