@@ -311,6 +311,8 @@ class BiEncoder:
         self._cache: OrderedDict[str, Vectors] = OrderedDict()
         self._cache_size = query_cache_size
         self._cache_lock = threading.Lock()
+        #: Queries `encode_query` had to run the model for (cache misses), since creation.
+        self.cache_misses = 0
         self.query_backend: QueryBackend = query_backend
         self._onnx_cache_dir = onnx_cache_dir
         self.document_backend: DocumentBackend = document_backend
@@ -397,6 +399,7 @@ class BiEncoder:
             if cached is not None:
                 self._cache.move_to_end(key)
                 return cached
+            self.cache_misses += 1
         if self.query_backend == "torch":
             # Not `encode_texts`: the document backend is for products only.
             vector: Vectors = self._encode_torch([key])[0]
