@@ -181,6 +181,10 @@ def test_a_bad_request_gets_its_own_error_and_the_batch_still_answers(
         assert good_result.result().shape == (2, 1)
         with pytest.raises(InferenceServerException, match="input_ids"):
             bad_result.result()
+    # Padding in front of the pairs: length buckets would cut real tokens, so it is refused.
+    left_padded = {name: np.pad(array, ((0, 0), (1, 0))) for name, array in good.items()}
+    with pytest.raises(InferenceServerException, match=r"attention_mask.*padded on the right"):
+        send(left_padded)
 
 
 def _triton(command: str, env: dict[str, str]) -> None:
