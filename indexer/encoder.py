@@ -413,6 +413,23 @@ class BiEncoder:
                     self._cache.popitem(last=False)
         return vector
 
+    def warm_queries(self, texts: Sequence[str]) -> None:
+        """Encode the queries not yet cached in batches and cache them, so that a later
+        `encode_query` of each is a lookup (bulk work: mining, distillation). At most the
+        cache's size of them stays cached."""
+        keys = list(dict.fromkeys(" ".join(text.split()) for text in texts))
+        with self._cache_lock:
+            missing = [key for key in keys if key not in self._cache]
+        if not missing or not self._cache_size or self.query_backend != "torch":
+            return
+        vectors = self._encode_torch(missing)
+        with self._cache_lock:
+            for key, vector in zip(missing, vectors, strict=True):
+                vector.setflags(write=False)
+                self._cache[key] = vector
+            while len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+
     def clear_cache(self) -> None:
         with self._cache_lock:
             self._cache.clear()

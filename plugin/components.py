@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
-from indexer.encoder import BiEncoder
+from indexer.encoder import MODEL_CARD, BiEncoder, folder_digest
+from indexer.errors import IndexerError
 from indexer.local_store import LocalStore
+from indexer.onnx_encoder import EXPORT_FORMAT, ONNX_CARD
 from indexer.opensearch_store import OpenSearchStore
 from indexer.settings import IndexerSettings
 from indexer.store import VectorStore
@@ -19,9 +22,39 @@ from reranker.errors import RerankerError
 from reranker.exposure_store import InMemoryExposureStore
 from reranker.ltr import LinearRanker
 
+logger = logging.getLogger(__name__)
+
 #: Tuned artifacts that ship with the package (see README, "Tuned defaults").
 ARTIFACTS = Path(__file__).parent / "artifacts"
 PACKAGED_FINAL_RANKER = ARTIFACTS / "final-ranker.json"
+#: The shipped cross-encoder (LoRA on the packaged MiniLM, see its README.md).
+PACKAGED_RERANKER = ARTIFACTS / "reranker"
+
+
+def reranker_checkpoint(settings: Settings) -> Path | None:
+    """The cross-encoder folder to serve: the configured one, else the packaged one."""
+    if settings.reranker_checkpoint is not None:
+        return settings.reranker_checkpoint
+    return PACKAGED_RERANKER if (PACKAGED_RERANKER / MODEL_CARD).is_file() else None
+
+
+def onnx_reranker_folder(checkpoint: Path, cache_dir: Path) -> Path:
+    """``checkpoint`` itself when it is an ONNX export, else its export under ``cache_dir``,
+    made on first use (INT8 and fp32) and keyed by the checkpoint's content."""
+    if (checkpoint / ONNX_CARD).is_file():
+        return checkpoint
+    from reranker.onnx_export import export_onnx
+
+    folder = cache_dir / f"cross-encoder-{folder_digest(checkpoint)[:16]}-f{EXPORT_FORMAT}"
+    if not (folder / ONNX_CARD).is_file():
+        logger.info("exporting cross-encoder %s to ONNX under %s (once)", checkpoint, folder)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            export_onnx(checkpoint, folder)
+        except RerankerError:
+            if not (folder / ONNX_CARD).is_file():  # another process may have finished first
+                raise
+    return folder
 
 
 def build_encoder(settings: IndexerSettings) -> BiEncoder:
@@ -58,27 +91,31 @@ def build_reranker(settings: Settings) -> Reranker:
 
         try:
             return TritonReranker(
-                settings.triton_url, checkpoint=settings.reranker_checkpoint,
+                settings.triton_url, checkpoint=reranker_checkpoint(settings),
                 timeout_seconds=settings.triton_timeout_seconds,
                 max_length=settings.reranker_max_length,
             )
         except RerankerError as e:
             raise PluginError(f"reranker triton: {e}") from e
-    if settings.reranker_checkpoint is None:
+    checkpoint = reranker_checkpoint(settings)
+    if checkpoint is None:
         raise PluginError(
             f"reranker {settings.reranker!r} needs a checkpoint folder "
-            "(--checkpoint DIR or SHOPRANK_RERANKER_CHECKPOINT)"
+            f"(--checkpoint DIR or SHOPRANK_RERANKER_CHECKPOINT); none is packaged at "
+            f"{PACKAGED_RERANKER}"
         )
     if settings.reranker == "onnx":
         from reranker.onnx_cross_encoder import OnnxCrossEncoder
 
+        try:
+            folder = onnx_reranker_folder(checkpoint, settings.indexer.onnx_cache_dir)
+        except (RerankerError, IndexerError) as e:
+            raise PluginError(f"reranker onnx: {e}") from e
         return OnnxCrossEncoder(
-            settings.reranker_checkpoint, precision=settings.reranker_precision,
+            folder, precision=settings.reranker_precision,
             max_length=settings.reranker_max_length,
         )
-    return InProcessCrossEncoder(
-        settings.reranker_checkpoint, max_length=settings.reranker_max_length
-    )
+    return InProcessCrossEncoder(checkpoint, max_length=settings.reranker_max_length)
 
 
 def build_final_ranker(settings: Settings) -> LinearRanker | None:

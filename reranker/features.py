@@ -294,6 +294,22 @@ def title_features(
     return np.asarray(rows, dtype=np.float64).reshape(len(candidates), len(TITLE_FEATURES))
 
 
+#: Cross-encoder scores are sigmoids; their logits are kept within this bound.
+_MAX_LOGIT = 15.0
+
+
+def score_logits(scores: Sequence[float]) -> npt.NDArray[np.float64]:
+    """The cross-encoder's logits from its sigmoid scores, so that a linear final stage sees
+    the differences among low scores too (a sigmoid squeezes them towards 0).
+
+    >>> score_logits([0.5, 0.75]).round(4).tolist()
+    [0.0, 1.0986]
+    """
+    eps = 1.0 / (1.0 + math.exp(_MAX_LOGIT))
+    clipped = np.clip(np.asarray(scores, dtype=np.float64), eps, 1.0 - eps)
+    return np.log(clipped) - np.log1p(-clipped)
+
+
 def needs_embeddings(feature_names: Sequence[str]) -> tuple[bool, bool]:
     """Whether a final stage with these features reads the candidates' stored text embeddings,
     and whether it reads their title embeddings."""
@@ -333,5 +349,5 @@ def stage_features(
     if CROSS_ENCODER_FEATURE in names:
         if all(score is None for score in rerank_scores):
             raise ValueError("this final stage needs cross-encoder scores, and none were computed")
-        columns.append(np.asarray(_filled(list(rerank_scores)), dtype=np.float64)[:, None])
+        columns.append(score_logits(_filled(list(rerank_scores)))[:, None])
     return np.hstack(columns)

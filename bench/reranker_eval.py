@@ -1,0 +1,206 @@
+"""The cross-encoder, scored both ways on one catalog's dev queries, with 5-fold CV.
+
+    python3 -m bench.reranker_eval --set esci-us --esci --checkpoint plugin/artifacts/reranker
+    python3 -m bench.reranker_eval --set icecat --checkpoint plugin/artifacts/reranker
+
+Candidates come from hybrid retrieval (default RRF, 100 deep) on ``--index`` (built from the
+catalog if missing). The cross-encoder scores the top 100 of every query once; a window ``w``
+uses the scores of the top ``w`` only. Rows:
+
+- ``hybrid``: retrieval order;
+- ``final``: today's learned final stage, fitted per fold (no cross-encoder feature);
+- ``rerank@w``: the cross-encoder alone reorders the top ``w``;
+- ``final+ce@w``: the final stage with the cross-encoder's score as a feature, fitted per fold.
+
+The cross-encoder never saw a judgment (it learns from pseudo-queries and the final stage's
+scores on them), so it may score every query; the final stages are fitted on the other folds.
+Each row has nDCG@10 plain and judged-only, and paired-bootstrap 95% CIs against hybrid and
+against ``final``. Latency: the cross-encoder's time to score a query's top ``w`` (p50/p95
+over ``--latency-queries`` queries), on this machine, one query at a time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from bench.machine import cpu_model, percentile
+from indexer.schema import product_to_text
+from plugin.components import build_pipeline
+from plugin.final_stage import QueryCandidates, collect_candidates, cross_validated_final, folds_of
+from plugin.settings import Settings
+from reranker.evaluation import (
+    ESCI_GAINS,
+    EvalReport,
+    Gains,
+    Qrels,
+    evaluate_run,
+    load_qrels,
+    load_queries,
+    paired_bootstrap,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def windowed(item: QueryCandidates, window: int) -> QueryCandidates:
+    """The same candidates with cross-encoder scores for the top ``window`` only."""
+    scores = [score if i < window else None for i, score in enumerate(item.rerank)]
+    return QueryCandidates(item.query, item.candidates, item.products, scores, item.embeddings)
+
+
+def reranked(item: QueryCandidates, window: int) -> list[str]:
+    """The top ``window`` by cross-encoder score, then the rest in retrieval order."""
+    head = sorted(range(min(window, len(item.candidates))),
+                  key=lambda i: (-(item.rerank[i] or 0.0), i))
+    ids = [c.product_id for c in item.candidates]
+    return [ids[i] for i in head] + ids[len(head):]
+
+
+def latency(
+    pipeline_reranker: object, items: Sequence[QueryCandidates], window: int
+) -> list[float]:
+    """Milliseconds to score each query's top ``window``."""
+    times = []
+    for item in items:
+        texts = [product_to_text(item.products[c.product_id])
+                 for c in item.candidates[:window]]
+        started = time.perf_counter()
+        pipeline_reranker.score(item.query, texts)  # type: ignore[attr-defined]
+        times.append((time.perf_counter() - started) * 1000)
+    return times
+
+
+def row(
+    name: str, report: EvalReport, base: EvalReport, final: EvalReport | None
+) -> dict[str, object]:
+    def diff(a: EvalReport, metric: str) -> str:
+        return str(paired_bootstrap(
+            {q: v[metric] for q, v in a.per_query.items()},
+            {q: v[metric] for q, v in report.per_query.items()},
+        ))
+
+    return {
+        "stage": name,
+        "ndcg": round(report.ndcg, 4),
+        "ndcg_judged": round(report.ndcg_condensed, 4),
+        "mrr": round(report.mrr, 4),
+        "judged": round(report.judged, 4),
+        "vs_hybrid": diff(base, "ndcg"),
+        "vs_hybrid_judged": diff(base, "ndcg_condensed"),
+        "vs_final": diff(final, "ndcg") if final else "",
+        "vs_final_judged": diff(final, "ndcg_condensed") if final else "",
+    }
+
+
+def evaluate(
+    collected: Mapping[str, QueryCandidates], qrels: Qrels, gains: Gains | None,
+    windows: Sequence[int], folds: int, seed: int,
+) -> list[dict[str, object]]:
+    split = folds_of(list(collected), folds, seed)
+    hybrid = {q: [c.product_id for c in item.candidates] for q, item in collected.items()}
+    base = evaluate_run(hybrid, qrels, gains=gains)
+    final = evaluate_run(
+        cross_validated_final(collected, qrels, split, gains=gains, with_cross_encoder=False),
+        qrels, gains=gains,
+    )
+    rows = [row("hybrid", base, base, None), row("final", final, base, None)]
+    for window in windows:
+        rerank = {q: reranked(item, window) for q, item in collected.items()}
+        rows.append(row(f"rerank@{window}", evaluate_run(rerank, qrels, gains=gains), base, final))
+        with_ce = {q: windowed(item, window) for q, item in collected.items()}
+        run = cross_validated_final(with_ce, qrels, split, gains=gains, with_cross_encoder=True)
+        rows.append(row(f"final+ce@{window}", evaluate_run(run, qrels, gains=gains), base, final))
+    return rows
+
+
+def markdown(
+    rows: Sequence[Mapping[str, object]], latencies: Mapping[int, tuple[float, float]]
+) -> str:
+    lines = [
+        "| stage | nDCG@10 | judged-only | MRR@10 | judged@10 | vs hybrid (plain / judged-only) "
+        "| vs final (plain / judged-only) | CE p50 / p95 ms |",
+        "| --- | ---: | ---: | ---: | ---: | --- | --- | --- |",
+    ]
+    for r in rows:
+        stage = str(r["stage"])
+        window = int(stage.split("@")[1]) if "@" in stage else None
+        timing = (f"{latencies[window][0]:.0f} / {latencies[window][1]:.0f}"
+                  if window in latencies else "")
+        lines.append(
+            f"| {stage} | {r['ndcg']:.4f} | {r['ndcg_judged']:.4f} | {r['mrr']:.4f} | "
+            f"{r['judged']:.3f} | {r['vs_hybrid']} / {r['vs_hybrid_judged']} | "
+            f"{r['vs_final']} / {r['vs_final_judged']} | {timing} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--set", required=True, help="folder under --data: esci-us or icecat")
+    parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
+    parser.add_argument("--checkpoint", type=Path, default=None,
+                        help="cross-encoder folder (default: the packaged one)")
+    parser.add_argument("--reranker", default="cross-encoder", choices=("cross-encoder", "onnx"))
+    parser.add_argument("--index", default=None, help="default: eval-<set>")
+    parser.add_argument("--esci", action="store_true", help="ESCI gains E=1, S=0.1, C=0.01")
+    parser.add_argument("--windows", default="10,20,30,50,100")
+    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--latency-queries", type=int, default=40)
+    parser.add_argument("--json-out", type=Path, default=None)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+
+    folder = args.data / args.set
+    queries = load_queries(folder / "queries.tsv")
+    qrels = load_qrels(folder / "qrels.txt")
+    judged = {q: text for q, text in queries.items() if q in qrels}
+    windows = [int(w) for w in args.windows.split(",")]
+    overrides: dict[str, object] = {
+        "index": args.index or f"eval-{args.set}", "reranker": args.reranker,
+        "final_ranker": "none", "rerank_window": max(windows),
+    }
+    if args.checkpoint is not None:
+        overrides["reranker_checkpoint"] = args.checkpoint
+    settings = Settings.model_validate(overrides)
+    pipeline = build_pipeline(settings)
+    if not pipeline.store.exists():
+        raise SystemExit(f"no index {settings.index}: shoprank reindex --catalog "
+                         f"{folder / 'products.jsonl.gz'} --index {settings.index}")
+    gains = ESCI_GAINS if args.esci else None
+    started = time.perf_counter()
+    collected = collect_candidates(pipeline, judged, rerank=True)
+    scoring = time.perf_counter() - started
+    rows = evaluate(collected, qrels, gains, windows, args.folds, args.seed)
+    sample = list(collected.values())[: args.latency_queries]
+    latencies = {}
+    for window in windows:
+        times = latency(pipeline.reranker, sample, window)
+        latencies[window] = (percentile(times, 50), percentile(times, 95))
+    print(f"## {args.set}: {len(collected)} dev queries, {args.folds}-fold CV "
+          f"(reranker {pipeline.reranker.name})\n")
+    print(markdown(rows, latencies))
+    print(f"\nRetrieval and scoring the top {max(windows)} of every query took {scoring:.0f} s. "
+          f"Machine: {cpu_model()}.")
+    if args.json_out:
+        args.json_out.write_text(json.dumps({
+            "set": args.set, "reranker": pipeline.reranker.name, "rows": rows,
+            "latency_ms": {str(w): dataclasses.asdict(_Timing(*t)) for w, t in latencies.items()},
+            "machine": cpu_model(),
+        }, indent=2) + "\n")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Timing:
+    p50: float
+    p95: float
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,297 @@
+"""Train the cross-encoder on listwise distillation groups (`reranker.distillation`).
+
+A plain torch loop rather than a library trainer, so that a run on two CPU cores can be
+stopped at any time and resumed exactly: every ``checkpoint_steps`` the adapter (or the
+whole model), the optimizer, the schedule and the step are written to ``work/checkpoint.pt``,
+and a later call with the same ``work`` folder picks up from there. The data order depends
+on the seed alone, so a resumed run sees the batches an uninterrupted one would.
+
+The loss is the cross-entropy between each group's target distribution and the softmax of
+the model's scores over the group (a listwise KL up to a constant). The scores it learns
+are only compared within a query, which is all the rerank stage and the final stage's
+``cross_encoder`` feature need.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from indexer.encoder import prepare_offline_loading
+from reranker.cross_encoder import inner_model, packaged_cross_encoder, portable_adapter_config
+from reranker.distillation import DistillGroup, batches
+from reranker.errors import TuningError
+
+if TYPE_CHECKING:
+    import torch
+    from sentence_transformers import CrossEncoder
+
+logger = logging.getLogger(__name__)
+
+#: Every linear layer of a BERT block: attention query/key/value/output and the feed-forward
+#: pair (all named ``dense`` but the first three), and the pooler.
+ALL_LINEAR = ("query", "key", "value", "dense")
+CHECKPOINT = "checkpoint.pt"
+
+
+class ListwiseConfig(BaseModel):
+    """Settings of a listwise run; every field is recorded in the model card."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    lora: bool = True
+    lora_r: int = Field(default=16, ge=1)
+    lora_alpha: int = Field(default=32, ge=1)
+    lora_dropout: float = Field(default=0.05, ge=0, lt=1)
+    lora_target_modules: tuple[str, ...] = ALL_LINEAR
+    epochs: int = Field(default=1, ge=1, le=100)
+    #: Groups per optimizer step (pairs per step: this x the group's members).
+    batch_groups: int = Field(default=4, ge=1, le=256)
+    learning_rate: float | None = Field(default=None, gt=0, le=1)
+    warmup_ratio: float = Field(default=0.05, ge=0, lt=1)
+    weight_decay: float = Field(default=0.01, ge=0)
+    max_length: int = Field(default=64, ge=16, le=512)
+    label_weight: float = Field(default=0.5, ge=0, le=1)
+    temperature: float = Field(default=1.0, gt=0)
+    checkpoint_steps: int = Field(default=100, ge=1)
+    #: Stop after this many optimizer steps (None: every batch of every epoch).
+    max_steps: int | None = Field(default=None, ge=1)
+    seed: int = 0
+
+    @property
+    def mode(self) -> Literal["lora", "full"]:
+        return "lora" if self.lora else "full"
+
+    @property
+    def resolved_learning_rate(self) -> float:
+        if self.learning_rate is not None:
+            return self.learning_rate
+        return 3e-4 if self.lora else 3e-5
+
+
+@dataclass(frozen=True)
+class ListwiseResult:
+    """What a finished run reports (also in the model card)."""
+
+    steps: int
+    pairs: int
+    seconds: float
+    pairs_per_second: float
+    losses: tuple[float, ...]
+    resumed_from: int
+
+
+class _Progress:
+    """One line, rewritten: step, pairs/s and the time left, like a progress bar; also
+    logged every ``log_every`` steps so a background run's log shows it."""
+
+    def __init__(self, total: int, start: int, log_every: int = 20) -> None:
+        self.total, self.start, self.log_every = total, start, log_every
+        self.started = time.perf_counter()
+        self.pairs = 0
+
+    def update(self, step: int, pairs: int, loss: float) -> None:
+        self.pairs += pairs
+        elapsed = time.perf_counter() - self.started
+        rate = self.pairs / elapsed if elapsed > 0 else 0.0
+        done = step - self.start
+        left = (self.total - step) * elapsed / done if done else 0.0
+        line = (f"step {step}/{self.total} | loss {loss:.4f} | {rate:.1f} pairs/s | "
+                f"ETA {_minutes(left)}")
+        if sys.stderr.isatty():
+            print("\r" + line, end="", file=sys.stderr, flush=True)
+        if step % self.log_every == 0 or step == self.total:
+            logger.info(line)
+
+
+def _minutes(seconds: float) -> str:
+    return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
+
+
+def build_model(config: ListwiseConfig) -> CrossEncoder:
+    """The packaged MiniLM as a cross-encoder with a one-logit head, LoRA-wrapped on request."""
+    model = packaged_cross_encoder(max_length=config.max_length, device="cpu")
+    if config.lora:
+        from peft import LoraConfig, TaskType, get_peft_model
+
+        model[0].model = get_peft_model(inner_model(model), LoraConfig(
+            task_type=TaskType.SEQ_CLS, r=config.lora_r, lora_alpha=config.lora_alpha,
+            lora_dropout=config.lora_dropout, target_modules=list(config.lora_target_modules),
+        ))
+    return model
+
+
+def group_scores(
+    model: CrossEncoder, groups: Sequence[DistillGroup], texts: Callable[[str], str],
+    max_length: int,
+) -> list[torch.Tensor]:
+    """The model's score of each member of each group (with gradients), one tensor a group."""
+    import torch
+
+    pairs = [(g.query, texts(pid)) for g in groups for pid in g.product_ids]
+    features = model.tokenizer(
+        [q for q, _ in pairs], [t for _, t in pairs], padding=True, truncation=True,
+        max_length=max_length, return_tensors="pt",
+    )
+    logits = inner_model(model)(**features).logits.view(-1)
+    return list(torch.split(logits, [len(g.product_ids) for g in groups]))
+
+
+def train_listwise(
+    groups: Sequence[DistillGroup],
+    texts: Callable[[str], str],
+    config: ListwiseConfig,
+    work: Path,
+    *,
+    stop_after: int | None = None,
+) -> tuple[CrossEncoder, ListwiseResult]:
+    """Train on ``groups`` (product text by id from ``texts``), checkpointing into ``work``
+    and resuming from a checkpoint there. Returns the trained model and what the run did.
+
+    ``stop_after`` ends this call after that step (checkpointed), as a stopped run would;
+    a later call with the same settings goes on from there.
+    """
+    prepare_offline_loading()
+    import torch
+    from transformers import get_linear_schedule_with_warmup, set_seed
+
+    if not groups:
+        raise TuningError("no training group")
+    per_epoch = len(groups) // config.batch_groups
+    total = per_epoch * config.epochs
+    if config.max_steps is not None:
+        total = min(total, config.max_steps)
+    if total < 1:
+        raise TuningError(f"{len(groups)} groups make no batch of {config.batch_groups}")
+    set_seed(config.seed)
+    model = build_model(config)
+    network = inner_model(model)
+    trainable = [p for p in network.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=config.resolved_learning_rate,
+                                  weight_decay=config.weight_decay)
+    schedule = get_linear_schedule_with_warmup(  # type: ignore[no-untyped-call]
+        optimizer, math.ceil(config.warmup_ratio * total), total
+    )
+    work.mkdir(parents=True, exist_ok=True)
+    start, losses = _resume(work / CHECKPOINT, network, optimizer, schedule, config)
+    network.train()
+    progress = _Progress(total, start)
+    started = time.perf_counter()
+    step = start
+    for step, batch in enumerate(
+        batches(groups, config.batch_groups, config.seed, config.epochs), start=1
+    ):
+        if step > total:
+            step = total
+            break
+        if step <= start:
+            continue
+        scores = group_scores(model, batch, texts, config.max_length)
+        loss = torch.stack([
+            -(torch.tensor(g.targets(config.label_weight, config.temperature))
+              * torch.log_softmax(s, dim=0)).sum()
+            for g, s in zip(batch, scores, strict=True)
+        ]).mean()
+        loss.backward()  # type: ignore[no-untyped-call]
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad()
+        losses.append(float(loss.detach()))
+        progress.update(step, sum(len(g.product_ids) for g in batch), losses[-1])
+        stopping = stop_after is not None and step >= stop_after
+        if step % config.checkpoint_steps == 0 or step == total or stopping:
+            _save_checkpoint(work / CHECKPOINT, network, optimizer, schedule, step, losses,
+                             config)
+        if stopping:
+            break
+    network.eval()
+    seconds = time.perf_counter() - started
+    pairs = progress.pairs
+    if sys.stderr.isatty():
+        print(file=sys.stderr)
+    result = ListwiseResult(
+        steps=step, pairs=pairs, seconds=seconds,
+        pairs_per_second=pairs / seconds if seconds > 0 else 0.0,
+        losses=tuple(losses), resumed_from=start,
+    )
+    return model, result
+
+
+def _state(network: torch.nn.Module, lora: bool) -> dict[str, Any]:
+    if lora:
+        from peft import get_peft_model_state_dict
+
+        return dict(get_peft_model_state_dict(network))
+    return dict(network.state_dict())
+
+
+def _save_checkpoint(
+    path: Path, network: torch.nn.Module, optimizer: Any, schedule: Any, step: int,
+    losses: list[float], config: ListwiseConfig,
+) -> None:
+    import torch
+
+    partial = path.with_suffix(".partial")
+    torch.save({
+        "step": step, "losses": losses, "config": config.model_dump(mode="json"),
+        "model": _state(network, config.lora), "optimizer": optimizer.state_dict(),
+        "schedule": schedule.state_dict(), "python_random": random.getstate(),
+        "torch_random": torch.get_rng_state(),
+    }, partial)
+    partial.replace(path)  # a run killed mid-write keeps the previous checkpoint
+
+
+def _resume(
+    path: Path, network: torch.nn.Module, optimizer: Any, schedule: Any,
+    config: ListwiseConfig,
+) -> tuple[int, list[float]]:
+    """Load a checkpoint of the same settings, if there is one: (its step, its losses)."""
+    import torch
+
+    if not path.is_file():
+        return 0, []
+    saved = torch.load(path, weights_only=False)
+    if saved["config"] != config.model_dump(mode="json"):
+        raise TuningError(
+            f"{path} was written with other settings; resume with the same ones, or use a "
+            "new folder"
+        )
+    if config.lora:
+        from peft import set_peft_model_state_dict
+
+        set_peft_model_state_dict(network, saved["model"])
+    else:
+        network.load_state_dict(saved["model"])
+    optimizer.load_state_dict(saved["optimizer"])
+    schedule.load_state_dict(saved["schedule"])
+    random.setstate(saved["python_random"])
+    torch.set_rng_state(saved["torch_random"])
+    logger.info("resuming from step %d (%s)", saved["step"], path)
+    return int(saved["step"]), list(saved["losses"])
+
+
+def save_artifact(model: CrossEncoder, out: Path, config: ListwiseConfig) -> None:
+    """Write the model where `InProcessCrossEncoder` loads it: a LoRA adapter (+ tokenizer)
+    naming the packaged base, or a full checkpoint."""
+    out.mkdir(parents=True, exist_ok=True)
+    if config.lora:
+        inner_model(model).save_pretrained(str(out))  # type: ignore[operator]
+        model.tokenizer.save_pretrained(str(out))
+        portable_adapter_config(out)
+    else:
+        model.save_pretrained(str(out))
+
+
+def write_json(path: Path, document: Mapping[str, Any]) -> None:
+    path.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
