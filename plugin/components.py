@@ -27,6 +27,9 @@ logger = logging.getLogger(__name__)
 #: Tuned artifacts that ship with the package (see README, "Tuned defaults").
 ARTIFACTS = Path(__file__).parent / "artifacts"
 PACKAGED_FINAL_RANKER = ARTIFACTS / "final-ranker.json"
+#: The packaged final stage without the cross-encoder's feature: it ranks when the packaged
+#: one cannot (no reranker configured, reranking turned off, the reranker down).
+PACKAGED_RETRIEVAL_RANKER = ARTIFACTS / "final-ranker-retrieval.json"
 #: The shipped cross-encoder (LoRA on the packaged MiniLM, see its README.md).
 PACKAGED_RERANKER = ARTIFACTS / "reranker"
 
@@ -127,6 +130,13 @@ def build_final_ranker(settings: Settings) -> LinearRanker | None:
     return LinearRanker.load(Path(settings.final_ranker))
 
 
+def build_fallback_final_ranker(settings: Settings) -> LinearRanker | None:
+    """The packaged retrieval-only final stage, beside the packaged default only."""
+    if settings.final_ranker != "default" or not PACKAGED_RETRIEVAL_RANKER.is_file():
+        return None
+    return LinearRanker.load(PACKAGED_RETRIEVAL_RANKER)
+
+
 def build_session_store(settings: Settings) -> SessionStore:
     if settings.session_store == "redis":
         from plugin.redis_session_store import RedisSessionStore
@@ -145,6 +155,7 @@ def build_pipeline(settings: Settings) -> SearchPipeline:
         build_encoder(settings.indexer),
         reranker,
         final_ranker=final_ranker,
+        fallback_final_ranker=build_fallback_final_ranker(settings),
         candidates=settings.candidates,
         rerank_window=settings.rerank_window,
         fairness=settings.fairness,
@@ -159,7 +170,10 @@ def build_pipeline(settings: Settings) -> SearchPipeline:
     )
     if pipeline.final_needs_rerank and not pipeline.has_reranker:
         if settings.final_ranker == "default":
-            pipeline.final_ranker = None  # the packaged ranker needs the packaged reranker
+            # the packaged ranker needs the packaged reranker: its retrieval-only twin ranks
+            pipeline.final_ranker, pipeline.fallback_final_ranker = (
+                pipeline.fallback_final_ranker, None
+            )
         else:
             raise PluginError(
                 f"final ranker {settings.final_ranker} uses cross-encoder scores: "

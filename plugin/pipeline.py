@@ -126,6 +126,7 @@ class SearchPipeline:
         post_processors: Sequence[PostProcessor] = (),
         *,
         final_ranker: LinearRanker | None = None,
+        fallback_final_ranker: LinearRanker | None = None,
         candidates: int = 100,
         rerank_window: int = 50,
         fairness: FairnessPolicy | None = None,
@@ -143,6 +144,9 @@ class SearchPipeline:
         self.reranker: Reranker = reranker or NoReranker()
         self.post_processors = list(post_processors)
         self.final_ranker = final_ranker
+        #: The final stage for searches without the cross-encoder's score (reranking off, or
+        #: the reranker down) when `final_ranker` reads it; None: such searches skip the stage.
+        self.fallback_final_ranker = fallback_final_ranker
         self.candidates = candidates
         self.rerank_window = rerank_window
         #: The fairness policy of requests that do not name one (None: no fairness step).
@@ -232,7 +236,10 @@ class SearchPipeline:
                 "(tune one with `shoprank tune ranker` and start it with --final-ranker FILE)"
             )
         rerank = self.has_reranker if request.rerank is None else request.rerank
-        if final and self.final_needs_rerank and not rerank:
+        ranker = self.final_ranker
+        if final and self.final_needs_rerank and not rerank and self.fallback_final_ranker:
+            ranker = self.fallback_final_ranker
+        elif final and self.final_needs_rerank and not rerank:
             raise RerankNotConfiguredError(
                 "the learned final stage uses cross-encoder scores, so it needs rerank=true"
             )
@@ -296,9 +303,11 @@ class SearchPipeline:
             items = sorted(items[:reranked], key=_by_rerank) + items[reranked:]
         clock.lap("rerank")
         if degraded and self.final_needs_rerank:
-            final = False  # its cross-encoder feature is missing
-        if final and self.final_ranker is not None:
-            items = self._final(request.query, vector, items, self.final_ranker)
+            # Its cross-encoder feature is missing: the fallback stage, if any, ranks instead.
+            ranker = self.fallback_final_ranker
+            final = final and ranker is not None
+        if final and ranker is not None:
+            items = self._final(request.query, vector, items, ranker)
         clock.lap("final")
         for post_process in self.post_processors:
             items = post_process(items)
@@ -324,7 +333,7 @@ class SearchPipeline:
             items = _demote_out_of_stock(items)
         clock.lap("postprocess")
         hits = [
-            _to_hit(rank, item, request.explain, self.final_ranker)
+            _to_hit(rank, item, request.explain, ranker)
             for rank, item in enumerate(items, 1)
         ]
         return SearchResponse(
@@ -335,7 +344,7 @@ class SearchPipeline:
             candidates=len(candidates),
             reranked=reranked,
             reranker=self.reranker.name if rerank else "none",
-            final_stage=_final_name(self.final_ranker) if final else "none",
+            final_stage=_final_name(ranker) if final else "none",
             degraded=degraded,
             personalized=personalized,
             fairness=fairness,

@@ -157,3 +157,39 @@ def test_tuned_vector_stage_runs_through_the_tuned_encoders_pipeline(
     assert tuned.run == vector.run  # the same encoder and index: the same ranking
     with pytest.raises(ValueError, match="tuned encoder"):
         evaluate_stages(pipeline, QUERIES, QRELS, ["tuned-vector"])
+
+
+class _DownReranker:
+    """A remote reranker that is down: every call fails as Triton's client does."""
+
+    name = "down"
+
+    def score(self, query: str, texts: object) -> list[float]:
+        from reranker.errors import RerankerUnavailableError
+
+        raise RerankerUnavailableError("reranker down")
+
+    def close(self) -> None:
+        pass
+
+
+def test_without_the_cross_encoder_score_the_fallback_final_stage_ranks(
+    pipeline: SearchPipeline,  # noqa: F811
+) -> None:
+    """A final stage that reads the cross-encoder hands over to its retrieval-only twin when
+    the score is missing (reranking off or the reranker down), instead of skipping the stage."""
+    names = (*FEATURE_NAMES, "cross_encoder")
+    weights = [1.0 if name == "cross_encoder" else 0.0 for name in names]
+    pipeline.final_ranker = LinearRanker(names, tuple(weights), card={"name": "with-ce"})
+    pipeline.fallback_final_ranker = _title_ranker()
+    pipeline.reranker = _DownReranker()
+    down = pipeline.search(SearchRequest(query="red summer dress", explain=True))
+    assert down.degraded and down.final_stage == "linear:title"
+    assert down.results[0].id == "p3" and down.results[0].scores.final == pytest.approx(1.0)
+    off = pipeline.search(SearchRequest(query="red summer dress", rerank=False))
+    assert off.final_stage == "linear:title" and not off.degraded
+    pipeline.fallback_final_ranker = None
+    skipped = pipeline.search(SearchRequest(query="red summer dress"))
+    assert skipped.degraded and skipped.final_stage == "none"
+    with pytest.raises(RerankNotConfiguredError, match="needs rerank=true"):
+        pipeline.search(SearchRequest(query="red summer dress", rerank=False))
