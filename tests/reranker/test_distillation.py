@@ -146,3 +146,38 @@ def test_training_learns_the_groups_and_a_stopped_run_resumes_to_the_same_model(
         b = group_scores(resumed, groups[:1], texts.__getitem__, 24)[0]
     assert torch.allclose(a, b, atol=1e-4)
     assert int(torch.argmax(a)) == 0  # the source (and the teacher's favourite) comes first
+
+
+@pytest.mark.slow
+def test_tune_reranker_distill_writes_a_servable_artifact_and_resumes(tmp_path: Path) -> None:
+    """The whole command on 80 real products: index, pseudo-queries, teacher, a stopped run
+    that the same command finishes, and an artifact the in-process reranker serves."""
+    import gzip
+    import json
+
+    from typer.testing import CliRunner
+
+    from plugin.cli import app
+    from reranker.cross_encoder import InProcessCrossEncoder, read_model_card
+
+    catalog = tmp_path / "products.jsonl.gz"
+    with gzip.open(catalog, "wt", encoding="utf-8") as out:
+        for row in demo_slice(80):
+            out.write(json.dumps(row) + "\n")
+    out_dir, work = tmp_path / "ce", tmp_path / "work"
+    command = ["tune", "reranker-distill", "--catalog", str(catalog), "--out", str(out_dir),
+               "--work", str(work), "--pseudo-queries", "40", "--max-length", "32",
+               "--batch-groups", "4", "--max-steps", "3"]
+    stopped = CliRunner().invoke(app, [*command, "--stop-after", "1"])
+    assert stopped.exit_code == 0, stopped.output
+    assert "stopped after step 1" in stopped.output and not out_dir.exists()
+    finished = CliRunner().invoke(app, command)
+    assert finished.exit_code == 0, finished.output
+    card = read_model_card(out_dir)
+    assert card is not None and card.mode == "lora" and card.max_length == 32
+    assert card.data["resumed_from_step"] == 1 and card.data["steps"] == 3
+    assert "pseudo-queries" in card.data["labels"]
+    scores = InProcessCrossEncoder(out_dir).score("running shoes", ["a shoe", "a lamp"])
+    assert len(scores) == 2 and all(0.0 <= s <= 1.0 for s in scores)
+    refused = CliRunner().invoke(app, command)
+    assert refused.exit_code == 2 and "not an empty folder" in refused.output
