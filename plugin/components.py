@@ -17,7 +17,7 @@ from plugin.pipeline import SearchPipeline
 from plugin.session_store import InMemorySessionStore, SessionStore
 from plugin.settings import Settings
 from reranker.base import NoReranker, Reranker
-from reranker.cross_encoder import InProcessCrossEncoder
+from reranker.cross_encoder import DEFAULT_MAX_LENGTH, InProcessCrossEncoder, read_model_card
 from reranker.errors import RerankerError
 from reranker.exposure_store import InMemoryExposureStore
 from reranker.ltr import LinearRanker
@@ -48,13 +48,16 @@ def onnx_reranker_folder(checkpoint: Path, cache_dir: Path) -> Path:
         return checkpoint
     from reranker.onnx_export import export_onnx
 
-    folder = cache_dir / f"cross-encoder-{folder_digest(checkpoint)[:16]}-f{EXPORT_FORMAT}"
+    card = read_model_card(checkpoint)  # its max_length is the export's: part of the key
+    length = card.max_length if card else DEFAULT_MAX_LENGTH
+    key = f"{folder_digest(checkpoint)[:16]}-l{length}-f{EXPORT_FORMAT}"
+    folder = cache_dir / f"cross-encoder-{key}"
     if not (folder / ONNX_CARD).is_file():
         logger.info("exporting cross-encoder %s to ONNX under %s (once)", checkpoint, folder)
         folder.parent.mkdir(parents=True, exist_ok=True)
         try:
             export_onnx(checkpoint, folder)
-        except RerankerError:
+        except (RerankerError, OSError):
             if not (folder / ONNX_CARD).is_file():  # another process may have finished first
                 raise
     return folder
@@ -112,7 +115,7 @@ def build_reranker(settings: Settings) -> Reranker:
 
         try:
             folder = onnx_reranker_folder(checkpoint, settings.indexer.onnx_cache_dir)
-        except (RerankerError, IndexerError) as e:
+        except (RerankerError, IndexerError, OSError) as e:
             raise PluginError(f"reranker onnx: {e}") from e
         return OnnxCrossEncoder(
             folder, precision=settings.reranker_precision,

@@ -47,7 +47,8 @@ def distillation_groups(
     started = time.perf_counter()
     for done, query in enumerate(queries, start=1):
         if done % _WARM_BATCH == 1:  # batched query encoding: several times faster
-            pipeline.encoder.warm_queries([q.text for q in queries[done - 1:][:_WARM_BATCH]])
+            ahead = queries[done - 1:done - 1 + _WARM_BATCH]
+            pipeline.encoder.warm_queries([q.text for q in ahead])
         collected = collect_candidates(pipeline, {"q": query.text}, rerank=False)["q"]
         if not collected.candidates:
             continue

@@ -31,7 +31,13 @@ from reranker.features import (
     Embeddings,
     stage_features,
 )
-from reranker.ltr import UNJUDGED_WEIGHT, LinearRanker, RankingGroup, fit_linear_ranker
+from reranker.ltr import (
+    CROSS_ENCODER_SCALE,
+    UNJUDGED_WEIGHT,
+    LinearRanker,
+    RankingGroup,
+    fit_linear_ranker,
+)
 
 
 @dataclass(frozen=True)
@@ -189,6 +195,7 @@ def fit_final_stage(
     card = {
         **(card or {}), "regularization": strength, "unjudged_weight": unjudged_weight,
         "prior": _prior_name(prior),
+        **({CROSS_ENCODER_SCALE[1]: CROSS_ENCODER_SCALE[2]} if with_cross_encoder else {}),
     }
     return fit_linear_ranker(
         list(groups.values()), names, regularization=strength, prior=prior, card=card,

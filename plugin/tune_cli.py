@@ -7,6 +7,7 @@ tuning run mines candidates from the same retrieval that evaluation scores.
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -18,7 +19,13 @@ from indexer.catalog import load_catalog
 from indexer.errors import CatalogError, IndexerError
 from indexer.schema import product_to_text
 from indexer.store import check_encoder
-from plugin.components import PACKAGED_FINAL_RANKER, build_encoder, build_pipeline, build_store
+from plugin.components import (
+    PACKAGED_FINAL_RANKER,
+    PACKAGED_RETRIEVAL_RANKER,
+    build_encoder,
+    build_pipeline,
+    build_store,
+)
 from plugin.errors import PluginError
 from reranker.distillation import load_groups, save_groups
 from reranker.encoder_tuning import BiEncoderTuneConfig, tune_bi_encoder
@@ -463,7 +470,8 @@ def tune_reranker_distill(
     ] = 6000,
     teacher: Annotated[
         Path | None, typer.Option("--teacher", help="Final-stage ranker JSON whose scores the "
-                                  "cross-encoder learns (default: the packaged one).")
+                                  "cross-encoder learns (default: the packaged retrieval-only "
+                                  "one).")
     ] = None,
     work: Annotated[
         Path | None, typer.Option("--work", help="Folder for the training groups and the "
@@ -521,7 +529,7 @@ def tune_reranker_distill(
         _fail(f"--out {out_dir} exists and is not an empty folder; choose a new one")
     work = work or out_dir.with_name(out_dir.name + ".work")
     try:
-        ranker = LinearRanker.load(teacher or PACKAGED_FINAL_RANKER)
+        ranker = LinearRanker.load(teacher or _default_teacher())
         config = ListwiseConfig(
             lora=lora, epochs=epochs, max_steps=max_steps, batch_groups=batch_groups,
             max_length=max_length, learning_rate=learning_rate, label_weight=label_weight,
@@ -533,6 +541,8 @@ def tune_reranker_distill(
         _fail(str(e))
     if CROSS_ENCODER_FEATURE in ranker.feature_names:
         _fail("--teacher: that ranker reads cross-encoder scores; choose one without them")
+    teacher_key = hashlib.sha256(
+        (teacher or _default_teacher()).read_bytes()).hexdigest()[:8]
     texts: dict[str, str] = {}
     groups = []
     for number, path in enumerate(catalog):
@@ -545,13 +555,14 @@ def tune_reranker_distill(
         if clash is not None:
             _fail(f"--catalog {path}: product id {clash!r} is also in an earlier catalog")
         texts.update((pid, product_to_text(product)) for pid, product in products.items())
-        saved = work / f"groups-{_slug(label)}-{pseudo_queries}-{seed}.jsonl.gz"
+        index_name = index[number] if index else _eval_index_name(path)
+        saved = work / (f"groups-{_slug(label)}-{_slug(index_name)}-q{pseudo_queries}-s{seed}"
+                        f"-g{group_size}-t{teacher_key}.jsonl.gz")
         if saved.is_file():
             shop = load_groups(saved)
             console.print(f"{label}: {len(shop)} training groups from {saved}")
         else:
-            settings = _settings(index=index[number] if index else _eval_index_name(path),
-                                 reranker="none", final_ranker="none")
+            settings = _settings(index=index_name, reranker="none", final_ranker="none")
             if not _index_exists(settings):
                 _reindex(settings, path, strict=False)
             fields = fields_of(products)
@@ -573,7 +584,7 @@ def tune_reranker_distill(
     try:
         card = train_distilled(groups, texts, config, work, out_dir,
                                catalogs=[_catalog_label(p) for p in catalog],
-                               teacher=str((teacher or PACKAGED_FINAL_RANKER).name),
+                               teacher=str((teacher or _default_teacher()).name),
                                stop_after=stop_after)
     except (RerankerError, PluginError) as e:
         _fail(str(e), code=1)
@@ -586,6 +597,13 @@ def tune_reranker_distill(
         f"{card.validation_best:.4f}, teacher {card.validation_retrieval:.4f}",
         highlight=False,
     )
+
+
+def _default_teacher() -> Path:
+    """The packaged final stage that reads no cross-encoder: its retrieval-only twin once the
+    packaged one reads the cross-encoder."""
+    twin = PACKAGED_RETRIEVAL_RANKER
+    return twin if twin.is_file() else PACKAGED_FINAL_RANKER
 
 
 def _slug(text: str) -> str:

@@ -39,6 +39,15 @@ class DistillGroup:
     product_ids: tuple[str, ...]
     #: The teacher's standardised score of each member (the source's raised, see above).
     teacher: tuple[float, ...]
+    #: The teacher's own standardised score of the source; None when retrieval missed it.
+    source_teacher: float | None = None
+
+    def teacher_rank(self) -> int:
+        """Where the teacher ranks the source among the group (1 = first; last when retrieval
+        missed it; ties count against it)."""
+        if self.source_teacher is None:
+            return len(self.product_ids)
+        return 1 + sum(z >= self.source_teacher for z in self.teacher[1:])
 
     def targets(self, label_weight: float, temperature: float) -> list[float]:
         """The group's target distribution (sums to 1), in member order.
@@ -89,11 +98,12 @@ def make_group(
     picked = rng.sample(hard, wanted_hard)
     picked += rng.sample(easy, min(len(easy), group_size - wanted_hard))
     picked.sort()
-    source_score = max([by_id.get(source.id, -math.inf), *z])
+    own = by_id.get(source.id)
     return DistillGroup(
         query, kind, catalog,
         (source.id, *(candidates[i].id for i in picked)),
-        (source_score, *(z[i] for i in picked)),
+        (max(z), *(z[i] for i in picked)),
+        own,
     )
 
 
@@ -118,9 +128,11 @@ def _group(row: Mapping[str, object]) -> DistillGroup:
     ids = row["product_ids"]
     teacher = row["teacher"]
     assert isinstance(ids, list) and isinstance(teacher, list)
+    own = row.get("source_teacher")
     return DistillGroup(
         str(row["query"]), str(row["kind"]), str(row["catalog"]),
         tuple(str(i) for i in ids), tuple(float(t) for t in teacher),
+        None if own is None else float(str(own)),
     )
 
 

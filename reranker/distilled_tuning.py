@@ -91,8 +91,9 @@ def train_distilled(
     inner_model(untrained).eval()
     before = pseudo_mrr(untrained, validation, text_of, config.max_length)
     del untrained
-    teacher_mrr = sum(reciprocal_rank(g.teacher) for g in validation) / max(len(validation), 1)
-    model, result = train_listwise(train, text_of, config, work, stop_after=stop_after)
+    teacher_mrr = sum(1 / g.teacher_rank() for g in validation) / max(len(validation), 1)
+    model, result = train_listwise(train, text_of, config, work, stop_after=stop_after,
+                                   data_key=data_key(train))
     if stop_after is not None and result.steps < _total_steps(len(train), config):
         return None
     best = pseudo_mrr(model, validation, text_of, config.max_length)
@@ -145,6 +146,16 @@ def train_distilled(
              "softmax(teacher)",
     ), encoding="utf-8")
     return card
+
+
+def data_key(groups: Sequence[DistillGroup]) -> str:
+    """Names a training set: its size and a digest of its queries and members."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for group in groups:
+        digest.update(f"{group.query}\t{','.join(group.product_ids)}\n".encode())
+    return f"{len(groups)} groups, sha256 {digest.hexdigest()[:16]}"
 
 
 def _total_steps(groups: int, config: ListwiseConfig) -> int:

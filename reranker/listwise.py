@@ -21,7 +21,7 @@ import random
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -154,12 +154,15 @@ def train_listwise(
     work: Path,
     *,
     stop_after: int | None = None,
+    data_key: str = "",
 ) -> tuple[CrossEncoder, ListwiseResult]:
     """Train on ``groups`` (product text by id from ``texts``), checkpointing into ``work``
     and resuming from a checkpoint there. Returns the trained model and what the run did.
 
     ``stop_after`` ends this call after that step (checkpointed), as a stopped run would;
-    a later call with the same settings goes on from there.
+    a later call with the same settings goes on from there (a call already past it trains
+    nothing). ``data_key`` names the training data: a checkpoint of other data is refused.
+    Seconds and pairs in the result count every call of the run.
     """
     prepare_offline_loading()
     import torch
@@ -183,11 +186,14 @@ def train_listwise(
         optimizer, math.ceil(config.warmup_ratio * total), total
     )
     work.mkdir(parents=True, exist_ok=True)
-    start, losses = _resume(work / CHECKPOINT, network, optimizer, schedule, config)
+    resumed = _resume(work / CHECKPOINT, network, optimizer, schedule, config, data_key)
+    start, losses = resumed.step, resumed.losses
     network.train()
     progress = _Progress(total, start)
     started = time.perf_counter()
     step = start
+    if stop_after is not None and start >= stop_after:
+        total = start  # already past the stop: nothing to train in this call
     for step, batch in enumerate(
         batches(groups, config.batch_groups, config.seed, config.epochs), start=1
     ):
@@ -211,17 +217,20 @@ def train_listwise(
         progress.update(step, sum(len(g.product_ids) for g in batch), losses[-1])
         stopping = stop_after is not None and step >= stop_after
         if step % config.checkpoint_steps == 0 or step == total or stopping:
-            _save_checkpoint(work / CHECKPOINT, network, optimizer, schedule, step, losses,
-                             config)
+            _save_checkpoint(work / CHECKPOINT, network, optimizer, schedule, config, {
+                "step": step, "losses": losses, "data_key": data_key,
+                "seconds": resumed.seconds + time.perf_counter() - started,
+                "pairs": resumed.pairs + progress.pairs,
+            })
         if stopping:
             break
     network.eval()
-    seconds = time.perf_counter() - started
-    pairs = progress.pairs
+    seconds = resumed.seconds + time.perf_counter() - started
+    pairs = resumed.pairs + progress.pairs
     if sys.stderr.isatty():
         print(file=sys.stderr)
     result = ListwiseResult(
-        steps=step, pairs=pairs, seconds=seconds,
+        steps=min(step, total), pairs=pairs, seconds=seconds,
         pairs_per_second=pairs / seconds if seconds > 0 else 0.0,
         losses=tuple(losses), resumed_from=start,
     )
@@ -237,14 +246,14 @@ def _state(network: torch.nn.Module, lora: bool) -> dict[str, Any]:
 
 
 def _save_checkpoint(
-    path: Path, network: torch.nn.Module, optimizer: Any, schedule: Any, step: int,
-    losses: list[float], config: ListwiseConfig,
+    path: Path, network: torch.nn.Module, optimizer: Any, schedule: Any,
+    config: ListwiseConfig, progress: Mapping[str, Any],
 ) -> None:
     import torch
 
     partial = path.with_suffix(".partial")
     torch.save({
-        "step": step, "losses": losses, "config": config.model_dump(mode="json"),
+        **progress, "config": config.model_dump(mode="json"),
         "model": _state(network, config.lora), "optimizer": optimizer.state_dict(),
         "schedule": schedule.state_dict(), "python_random": random.getstate(),
         "torch_random": torch.get_rng_state(),
@@ -252,20 +261,33 @@ def _save_checkpoint(
     partial.replace(path)  # a run killed mid-write keeps the previous checkpoint
 
 
+@dataclass(frozen=True)
+class _Resumed:
+    step: int = 0
+    losses: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+    pairs: int = 0
+
+
 def _resume(
     path: Path, network: torch.nn.Module, optimizer: Any, schedule: Any,
-    config: ListwiseConfig,
-) -> tuple[int, list[float]]:
-    """Load a checkpoint of the same settings, if there is one: (its step, its losses)."""
+    config: ListwiseConfig, data_key: str,
+) -> _Resumed:
+    """Load a checkpoint of the same settings and data, if there is one."""
     import torch
 
     if not path.is_file():
-        return 0, []
+        return _Resumed()
     saved = torch.load(path, weights_only=False)
     if saved["config"] != config.model_dump(mode="json"):
         raise TuningError(
             f"{path} was written with other settings; resume with the same ones, or use a "
             "new folder"
+        )
+    if saved.get("data_key", data_key) != data_key:
+        raise TuningError(
+            f"{path} was written for other training data ({saved['data_key']!r}, now "
+            f"{data_key!r}); use a new folder"
         )
     if config.lora:
         from peft import set_peft_model_state_dict
@@ -278,7 +300,8 @@ def _resume(
     random.setstate(saved["python_random"])
     torch.set_rng_state(saved["torch_random"])
     logger.info("resuming from step %d (%s)", saved["step"], path)
-    return int(saved["step"]), list(saved["losses"])
+    return _Resumed(int(saved["step"]), list(saved["losses"]), float(saved.get("seconds", 0.0)),
+                    int(saved.get("pairs", 0)))
 
 
 def save_artifact(model: CrossEncoder, out: Path, config: ListwiseConfig) -> None:

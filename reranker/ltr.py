@@ -31,6 +31,10 @@ import numpy.typing as npt
 
 from reranker.errors import CheckpointError
 
+#: A ranker that reads the cross-encoder records in its card that it was fitted on the
+#: scores' logits (`reranker.features.score_logits`): (feature, card key, value).
+CROSS_ENCODER_SCALE = ("cross_encoder", "cross_encoder_scale", "logit")
+
 Matrix = npt.NDArray[np.float64]
 
 #: What `LinearRanker.save` writes; a file with another ``format`` is refused.
@@ -109,11 +113,19 @@ class LinearRanker:
             raise CheckpointError(f"cannot read final-stage ranker {path}: {e}") from e
         if not isinstance(document, dict) or document.get("format") != FORMAT:
             raise CheckpointError(f"{path} is not a shoprank linear ranker (format {FORMAT})")
+        card = dict(document.get("card", {}))
+        if CROSS_ENCODER_SCALE[0] in document["features"] and card.get(
+            CROSS_ENCODER_SCALE[1]
+        ) != CROSS_ENCODER_SCALE[2]:
+            raise CheckpointError(
+                f"{path} was fitted on the cross-encoder's sigmoid scores by an older version; "
+                "this version feeds the stage their logits: refit it with `shoprank tune ranker`"
+            )
         return cls(
             tuple(document["features"]),
             tuple(float(w) for w in document["weights"]),
             tuple(float(s) for s in document.get("scales", [])),
-            dict(document.get("card", {})),
+            card,
         )
 
 

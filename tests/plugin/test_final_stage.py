@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -11,6 +13,7 @@ from plugin.errors import RerankNotConfiguredError
 from plugin.final_stage import FusionParameters, folds_of, fused, tune_fusion
 from plugin.models import SearchRequest
 from plugin.pipeline import SearchPipeline
+from reranker.errors import CheckpointError
 from reranker.features import (
     FEATURE_NAMES,
     FEEDBACK_FEATURES,
@@ -193,3 +196,14 @@ def test_without_the_cross_encoder_score_the_fallback_final_stage_ranks(
     assert skipped.degraded and skipped.final_stage == "none"
     with pytest.raises(RerankNotConfiguredError, match="needs rerank=true"):
         pipeline.search(SearchRequest(query="red summer dress", rerank=False))
+
+
+def test_a_ranker_fitted_on_sigmoid_cross_encoder_scores_is_refused(tmp_path: Path) -> None:
+    names = (*FEATURE_NAMES, "cross_encoder")
+    old = LinearRanker(names, (0.0,) * len(names), card={"name": "old"})
+    old.save(tmp_path / "old.json")
+    with pytest.raises(CheckpointError, match="refit it"):
+        LinearRanker.load(tmp_path / "old.json")
+    new = LinearRanker(names, (0.0,) * len(names), card={"cross_encoder_scale": "logit"})
+    new.save(tmp_path / "new.json")
+    assert LinearRanker.load(tmp_path / "new.json").feature_names == names
