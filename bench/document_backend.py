@@ -88,7 +88,7 @@ def main() -> None:
             products, encoded[texts_by][0], title_vectors=encoded[titles_by][1],
             encoder=encoders[texts_by].stamp,
         )
-        pipeline = build_pipeline(Settings(index=index))
+        pipeline = build_pipeline(Settings(index=index, reranker="none"))
         results[name] = evaluate_stages(
             pipeline, judged, qrels, stages, gains=gains, cross_validation=CrossValidation()
         )

@@ -147,7 +147,7 @@ def bench_catalog(name: str, data: Path, args: argparse.Namespace) -> dict[str, 
     queries = load_queries(folder / "queries.tsv")
     qrels = load_qrels(folder / "qrels.txt")
     judged_queries = {qid: text for qid, text in queries.items() if qid in qrels}
-    pipeline = build_pipeline(Settings(index=f"eval-{name}"))
+    pipeline = build_pipeline(Settings(index=f"eval-{name}", reranker="none"))
     if not pipeline.store.exists():
         raise SystemExit(f"index eval-{name} is missing: run bench/relevance.sh first")
     if pipeline.final_ranker is None:

@@ -33,7 +33,7 @@ def main() -> None:
     parser.add_argument("--queries", type=Path,
                         default=REPO.parent / "shared" / "data" / "esci-us" / "queries.tsv")
     args = parser.parse_args()
-    pipeline = build_pipeline(Settings(index=args.index))
+    pipeline = build_pipeline(Settings(index=args.index, reranker="none"))
     queries = list(load_queries(args.queries).values())
     for query in queries:  # embeddings cached; the final stage's product cache stays cold
         pipeline.search(SearchRequest(query=query, final=False))

@@ -15,7 +15,7 @@ run() {
   local set=$1 protocol=$2; shift 2
   shoprank eval --catalog "$data/$set/products.jsonl.gz" --queries "$data/$set/queries.tsv" \
     --qrels "$data/$set/qrels.txt" --index "eval-$set" --protocol "$protocol" --cv 5 \
-    --mode hybrid,bm25,vector,tuned-vector,tuned-hybrid,final --final-ranker none \
+    --mode hybrid,bm25,vector,tuned-vector,tuned-hybrid,final --final-ranker none --reranker none \
     --tuned-encoder "$repo/plugin/artifacts/encoder-$set" "$@" 2>/dev/null
   echo
 }

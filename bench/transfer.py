@@ -45,7 +45,7 @@ REPO = Path(__file__).resolve().parents[1]
 def _catalog(data: Path, name: str) -> tuple[dict[str, QueryCandidates], Qrels]:
     queries = load_queries(data / name / "queries.tsv")
     qrels = load_qrels(data / name / "qrels.txt")
-    pipeline = build_pipeline(Settings(index=f"eval-{name}", final_ranker="none"))
+    pipeline = build_pipeline(Settings(index=f"eval-{name}", final_ranker="none", reranker="none"))
     if not pipeline.store.exists():
         raise SystemExit(f"index eval-{name} is missing: run bench/relevance.sh first")
     judged = {qid: text for qid, text in queries.items() if qid in qrels}

@@ -73,7 +73,7 @@ def main() -> None:
     gains = ESCI_GAINS if args.esci else None
     queries = load_queries(folder / "queries.tsv")
     qrels = load_qrels(folder / "qrels.txt")
-    settings = Settings(index=f"eval-{args.set}", final_ranker="none")
+    settings = Settings(index=f"eval-{args.set}", final_ranker="none", reranker="none")
     pipeline = build_pipeline(settings)
     if not pipeline.store.exists():
         reindex_catalog(pipeline.store, folder / "products.jsonl.gz", pipeline.encoder,

@@ -37,7 +37,7 @@ export SHOPRANK_ENCODER_PATH=$scratch/encoder
 timed "reindex with it (texts and titles)" shoprank reindex --catalog "$catalog" --index tuning
 timed "tune ranker (final stage, with 5-fold CV)" shoprank tune ranker --catalog "$catalog" \
   --queries "$data/$set/queries.tsv" --qrels "$data/$set/qrels.txt" --index tuning \
-  "${esci[@]}" --seed 0 --out "$scratch/final-ranker.json"
+  "${esci[@]}" --reranker none --seed 0 --out "$scratch/final-ranker.json"
 tail -n 1 "$scratch/last.log"
 
 echo

@@ -430,7 +430,7 @@ def tune_ranker(
             "catalog": ", ".join(_catalog_label(path) for path in catalog),
             "queries": len(collected),
             "gains": "esci" if esci else "exponential",
-            "cross_encoder": str(checkpoint) if has_reranker else None,
+            "cross_encoder": (pipeline.reranker.name if has_reranker else None),
             f"cv{cv}_ndcg@10": scores,
             "cv_seed": seed,
             "cv_note": (

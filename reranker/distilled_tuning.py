@@ -87,6 +87,9 @@ def train_distilled(
     checkpoint, and returns None."""
     train, validation = split_groups(groups, VALIDATION_GROUPS, config.seed)
     text_of = texts.__getitem__
+    from transformers import set_seed
+
+    set_seed(config.seed)  # the untrained head is random: the same one for a seed
     untrained = build_model(config)
     inner_model(untrained).eval()
     before = pseudo_mrr(untrained, validation, text_of, config.max_length)
@@ -133,17 +136,21 @@ def train_distilled(
 
     (out / MODEL_CARD).write_text(card.model_dump_json(indent=2) + "\n", encoding="utf-8")
     (out / "README.md").write_text(render_card(
-        card, title="shoprank cross-encoder reranker (distilled, no judgments read)",
-        how="LoRA on every linear layer" if config.lora else "every weight",
-        about=["Trained on pseudo-queries written from the catalogs, with candidates from "
-               "shoprank's hybrid retrieval and the learned final stage as the teacher "
-               "(listwise distillation mixed with the source product as the label)."],
-        validation="Held-out pseudo-queries: mean reciprocal rank of the source product "
-                   "among its training group.",
-        retrieval_label="teacher (final stage)", before_label="untrained (random head)",
+        card, title="shoprank cross-encoder reranker (distilled, no judgments read directly)",
+        how=f"LoRA (r={config.lora_r}) on every linear layer" if config.lora else "every weight",
+        about=[f"Trained on pseudo-queries written from {', '.join(catalogs)}, with candidates "
+               "from shoprank's hybrid retrieval and a learned final stage "
+               f"({teacher}) as the teacher: listwise distillation mixed with the source "
+               "product as the label. A teacher fitted on judgments passes them on at one "
+               "remove.",
+               "", "Reproduce: `bash bench/train_reranker.sh` (see the repository README)."],
+        validation=f"Held-out pseudo-queries ({len(validation)} groups): mean reciprocal rank "
+                   "of the source product among its training group.",
+        retrieval_label="teacher (final stage, its own score of the source)",
+        before_label="untrained (random head)",
         data=f"{len(train)} groups, {card.data['train_pairs']} pairs",
-        loss="listwise cross-entropy against label_weight x source + (1 - label_weight) x "
-             "softmax(teacher)",
+        loss=f"listwise cross-entropy against {config.label_weight} x source + "
+             f"{1 - config.label_weight} x softmax(teacher z-scores / {config.temperature})",
     ), encoding="utf-8")
     return card
 

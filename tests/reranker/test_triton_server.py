@@ -25,6 +25,7 @@ from indexer.local_store import LocalStore
 from indexer.schema import Product, product_to_text
 from plugin.api import create_app
 from plugin.cli import app as cli
+from plugin.models import SearchRequest
 from plugin.pipeline import SearchPipeline
 from plugin.settings import Settings
 from reranker.cross_encoder import InProcessCrossEncoder, inner_model, packaged_cross_encoder
@@ -92,6 +93,34 @@ def _export(checkpoint: Path) -> str:
     assert result.exit_code == 0, result.output
     assert "now serves version" in result.output, result.output
     return result.output
+
+
+def test_a_fresh_repository_serves_the_packaged_cross_encoder_as_version_1(
+    products: list[Product], tmp_path: Path
+) -> None:
+    """scripts/test copies triton_models/ without any version; `scripts/triton start` adds the
+    packaged cross-encoder as version 1, so `--reranker triton` answers with no export step,
+    not degraded, scoring what the in-process packaged reranker scores. (First in this file:
+    the tests below export newer versions.)"""
+    from plugin.components import PACKAGED_RERANKER, build_pipeline
+
+    versions = [p.name for p in (REPOSITORY / MODEL_NAME).iterdir() if p.name.isdigit()]
+    assert versions == ["1"]
+    assert (REPOSITORY / MODEL_NAME / "1" / "checkpoint" / "model_card.json").is_file()
+    texts = [product_to_text(p) for p in products[:30]]
+    served = TritonReranker(TRITON_URL, checkpoint=PACKAGED_RERANKER, timeout_seconds=60)
+    try:
+        remote = served.score("stainless steel water bottle", texts)
+    finally:
+        served.close()
+    local = InProcessCrossEncoder(PACKAGED_RERANKER).score("stainless steel water bottle", texts)
+    assert np.max(np.abs(np.array(remote) - np.array(local))) <= 1e-4
+
+    settings = Settings(reranker="triton", triton_url=TRITON_URL, index="triton-default")
+    index_products(LocalStore(settings.index_root), products, BiEncoder())
+    response = build_pipeline(settings).search(SearchRequest(query="water bottle", k=5))
+    assert not response.degraded and response.reranked > 0
+    assert response.reranker.startswith("triton")
 
 
 @pytest.mark.parametrize("kind", ["full", "lora"])
