@@ -155,7 +155,16 @@ def test_results_carry_stage_scores_and_timings(server: str) -> None:
         contributions = hit["explanation"]["final_contributions"]
         assert sum(contributions.values()) == pytest.approx(hit["scores"]["final"], abs=1e-2)
         assert hit["explanation"]["text"].startswith(hit["title"])
-    plain = search(server, query="wireless headphones", k=5, explain=True, final=False)
+    # The packaged cross-encoder reranks the top 20 by default (ONNX INT8).
+    assert body["reranker"].startswith("onnx-int8") and body["reranked"] == 20
+    assert all(hit["scores"]["rerank"] is not None for hit in body["results"])
+    reranked = search(server, query="wireless headphones", k=5, explain=True, final=False)
+    scores = [hit["scores"]["rerank"] for hit in reranked["results"]]
+    assert scores == sorted(scores, reverse=True)
+    assert all(hit["explanation"]["ordered_by"] == "rerank" for hit in reranked["results"])
+    plain = search(server, query="wireless headphones", k=5, explain=True, final=False,
+                   rerank=False)
+    assert plain["reranker"] == "none" and plain["final_stage"] == "none"
     for rank, hit in enumerate(plain["results"], start=1):
         assert hit["explanation"]["retrieval_rank"] == rank
         assert hit["explanation"]["ordered_by"] == "fused"

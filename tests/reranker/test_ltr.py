@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -92,8 +93,9 @@ def test_cross_encoder_column_fills_the_unscored_with_the_lowest_score() -> None
     products = {p: make_product(p, p) for p in ("a", "b", "c")}
     candidates = [Candidate(p, bm25=1.0, bm25_rank=i) for i, p in enumerate("abc", 1)]
     names = (*FEATURE_NAMES, CROSS_ENCODER_FEATURE)
-    matrix = stage_features("a", candidates, products, [2.0, -1.0, None], names)
-    assert matrix[:, -1].tolist() == [2.0, -1.0, -1.0]
+    # Scores are sigmoids; the column holds their logits, the unscored get the lowest.
+    matrix = stage_features("a", candidates, products, [0.9, 0.2, None], names)
+    assert matrix[:, -1] == pytest.approx([math.log(9), math.log(0.25), math.log(0.25)])
     with pytest.raises(ValueError, match="unknown final-stage features"):
         stage_features("a", candidates, products, [None] * 3, ("bm25_relative",))
 
