@@ -447,7 +447,8 @@ def evaluate(
     try:
         pipeline = build_pipeline(settings)
         if "rerank" in stages and not pipeline.has_reranker:
-            _fail("stage 'rerank' needs --reranker cross-encoder --checkpoint DIR")
+            _fail("stage 'rerank' needs a reranker: --reranker onnx or cross-encoder (the "
+                  "packaged one unless --checkpoint DIR), or triton")
         tuned = None
         if "tuned-vector" in stages:
             if tuned_encoder is None:

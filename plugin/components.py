@@ -180,6 +180,6 @@ def build_pipeline(settings: Settings) -> SearchPipeline:
         else:
             raise PluginError(
                 f"final ranker {settings.final_ranker} uses cross-encoder scores: "
-                "start with --reranker cross-encoder --checkpoint DIR, or --final-ranker none"
+                "start with --reranker onnx or cross-encoder, or --final-ranker none"
             )
     return pipeline

@@ -246,7 +246,7 @@ class SearchPipeline:
         if rerank and not self.has_reranker:
             raise RerankNotConfiguredError(
                 "rerank=true but the server runs without a reranker "
-                "(start it with --reranker cross-encoder --checkpoint DIR)"
+                "(start it with --reranker onnx, cross-encoder or triton)"
             )
         depth = max(self.candidates, request.k)
         stock = request.out_of_stock or self.out_of_stock
