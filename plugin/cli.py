@@ -264,8 +264,9 @@ def serve(
     index: IndexOption = None,
     reranker: Annotated[
         str | None,
-        typer.Option("--reranker", help="none, cross-encoder, onnx (an `export onnx` folder) "
-                     "or triton."),
+        typer.Option("--reranker", help="onnx (default: the packaged cross-encoder on ONNX "
+                     "Runtime INT8, or an `export onnx` folder / tuned --checkpoint), "
+                     "cross-encoder (torch, in process), triton, or none."),
     ] = None,
     checkpoint: Annotated[
         Path | None, typer.Option("--checkpoint", help="Cross-encoder checkpoint folder.")
@@ -303,7 +304,7 @@ def _serve(settings: Settings) -> None:
 
     try:
         pipeline = build_pipeline(settings)
-    except PluginError as e:
+    except (PluginError, RerankerError) as e:
         _fail(str(e))
     app_ = create_app(settings, pipeline)
     limit_blas_threads(settings.blas_threads)
@@ -376,7 +377,9 @@ def evaluate(
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="JSON instead of Markdown.")] = False,
     index: IndexOption = None,
-    reranker: Annotated[str | None, typer.Option("--reranker")] = None,
+    reranker: Annotated[str | None, typer.Option(
+        "--reranker", help="onnx (default, the packaged cross-encoder), cross-encoder, triton "
+        "or none; with a reranker the final stage reads its score.")] = None,
     checkpoint: Annotated[Path | None, typer.Option("--checkpoint")] = None,
     final_ranker: Annotated[
         str | None,

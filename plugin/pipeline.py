@@ -128,7 +128,7 @@ class SearchPipeline:
         final_ranker: LinearRanker | None = None,
         fallback_final_ranker: LinearRanker | None = None,
         candidates: int = 100,
-        rerank_window: int = 50,
+        rerank_window: int = 20,
         fairness: FairnessPolicy | None = None,
         exposure_store: ExposureStore | None = None,
         session_store: SessionStore | None = None,
@@ -235,7 +235,12 @@ class SearchPipeline:
                 "final=true but the server runs without a learned final stage "
                 "(tune one with `shoprank tune ranker` and start it with --final-ranker FILE)"
             )
-        rerank = self.has_reranker if request.rerank is None else request.rerank
+        if request.rerank is not None:
+            rerank = request.rerank
+        else:
+            # A final stage that reads the cross-encoder is what its score was measured in:
+            # then it reranks by default only where that stage runs.
+            rerank = self.has_reranker and (final or not self.final_needs_rerank)
         ranker = self.final_ranker
         if final and self.final_needs_rerank and not rerank and self.fallback_final_ranker:
             ranker = self.fallback_final_ranker

@@ -337,7 +337,8 @@ def tune_ranker(
         "--index", help="Index to read candidates from, one per --catalog (default: eval's "
         "index for the catalog, built if missing).")] = None,
     reranker: Annotated[
-        str | None, typer.Option("--reranker", help="cross-encoder: add its score as a feature.")
+        str | None, typer.Option("--reranker", help="Whose score the stage reads (default "
+                                 "onnx: the packaged cross-encoder); none fits it without.")
     ] = None,
     checkpoint: Annotated[
         Path | None, typer.Option("--checkpoint", help="Cross-encoder checkpoint folder.")
