@@ -21,7 +21,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import numpy.typing as npt
@@ -39,6 +39,7 @@ from reranker.cross_encoder import TunedModelCard, portable_adapter_config
 from reranker.errors import TuningError
 from reranker.evaluation import Gains, Qrels
 from reranker.training import (
+    ByMode,
     NdcgValidation,
     ProductTexts,
     TuneResult,
@@ -72,7 +73,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
-class BiEncoderTuneConfig(BaseModel):
+class BiEncoderTuneConfig(ByMode, BaseModel):
     """Settings of one bi-encoder tuning run; every field is recorded in the model card.
 
     ``min_positive_grade``: judged products with at least this grade are positives (3 is ESCI's
@@ -84,6 +85,8 @@ class BiEncoderTuneConfig(BaseModel):
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
+    LORA_RATE: ClassVar[float] = 5e-4
+    FULL_RATE: ClassVar[float] = 2e-5
 
     lora: bool = True
     epochs: int = Field(default=2, ge=1, le=100)
@@ -106,16 +109,6 @@ class BiEncoderTuneConfig(BaseModel):
     lora_dropout: float = Field(default=0.1, ge=0, lt=1)
     lora_target_modules: tuple[str, ...] = ("query", "value")
     seed: int = 0
-
-    @property
-    def mode(self) -> Literal["lora", "full"]:
-        return "lora" if self.lora else "full"
-
-    @property
-    def resolved_learning_rate(self) -> float:
-        if self.learning_rate is not None:
-            return self.learning_rate
-        return 5e-4 if self.lora else 2e-5
 
 
 @dataclass(frozen=True)

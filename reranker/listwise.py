@@ -14,7 +14,6 @@ are only compared within a query, which is all the rerank stage and the final st
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import random
@@ -23,7 +22,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -31,6 +30,7 @@ from indexer.encoder import prepare_offline_loading
 from reranker.cross_encoder import inner_model, packaged_cross_encoder, portable_adapter_config
 from reranker.distillation import DistillGroup, batches
 from reranker.errors import TuningError
+from reranker.training import ByMode, lora_config
 
 if TYPE_CHECKING:
     import torch
@@ -44,10 +44,12 @@ ALL_LINEAR = ("query", "key", "value", "dense")
 CHECKPOINT = "checkpoint.pt"
 
 
-class ListwiseConfig(BaseModel):
+class ListwiseConfig(ByMode, BaseModel):
     """Settings of a listwise run; every field is recorded in the model card."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
+    LORA_RATE: ClassVar[float] = 3e-4
+    FULL_RATE: ClassVar[float] = 3e-5
 
     lora: bool = True
     lora_r: int = Field(default=16, ge=1)
@@ -67,16 +69,6 @@ class ListwiseConfig(BaseModel):
     #: Stop after this many optimizer steps (None: every batch of every epoch).
     max_steps: int | None = Field(default=None, ge=1)
     seed: int = 0
-
-    @property
-    def mode(self) -> Literal["lora", "full"]:
-        return "lora" if self.lora else "full"
-
-    @property
-    def resolved_learning_rate(self) -> float:
-        if self.learning_rate is not None:
-            return self.learning_rate
-        return 3e-4 if self.lora else 3e-5
 
 
 @dataclass(frozen=True)
@@ -122,12 +114,9 @@ def build_model(config: ListwiseConfig) -> CrossEncoder:
     """The packaged MiniLM as a cross-encoder with a one-logit head, LoRA-wrapped on request."""
     model = packaged_cross_encoder(max_length=config.max_length, device="cpu")
     if config.lora:
-        from peft import LoraConfig, TaskType, get_peft_model
+        from peft import TaskType, get_peft_model
 
-        model[0].model = get_peft_model(inner_model(model), LoraConfig(
-            task_type=TaskType.SEQ_CLS, r=config.lora_r, lora_alpha=config.lora_alpha,
-            lora_dropout=config.lora_dropout, target_modules=list(config.lora_target_modules),
-        ))
+        model[0].model = get_peft_model(inner_model(model), lora_config(config, TaskType.SEQ_CLS))
     return model
 
 
@@ -315,6 +304,3 @@ def save_artifact(model: CrossEncoder, out: Path, config: ListwiseConfig) -> Non
     else:
         model.save_pretrained(str(out))
 
-
-def write_json(path: Path, document: Mapping[str, Any]) -> None:
-    path.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")

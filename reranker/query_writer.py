@@ -24,6 +24,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from indexer.schema import Product
 from reranker.pseudo_queries import PseudoQuery, product_kind
 
 _WORD = re.compile(r"[^\W_]+(?:[-'/.][^\W_]+)*")
@@ -110,11 +111,8 @@ class ProductFields:
     attributes: tuple[str, ...]
 
 
-def product_fields(product: object) -> ProductFields:
-    """The writer's view of an `indexer.schema.Product`."""
-    from indexer.schema import Product
-
-    assert isinstance(product, Product)
+def product_fields(product: Product) -> ProductFields:
+    """The writer's view of a product."""
     values = tuple(
         value.strip() for value in product.attributes.values()
         if value and 0 < len(words(value)) <= _MAX_ATTRIBUTE_WORDS

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
 
 from indexer.encoder import MODEL_CARD
 from indexer.schema import Product, product_to_text
@@ -57,6 +57,30 @@ class TuneResult:
     steps: int
     losses: tuple[float, ...]
     artifact_bytes: int
+
+
+class ByMode:
+    """What every tuning config derives from its ``lora`` switch: the mode's name, and an unset
+    ``learning_rate`` resolved per mode (``LORA_RATE`` or ``FULL_RATE``, set by the config).
+
+    Mixed into pydantic models, so it declares no fields of its own.
+    """
+
+    if TYPE_CHECKING:
+        LORA_RATE: ClassVar[float]
+        FULL_RATE: ClassVar[float]
+        lora: bool
+        learning_rate: float | None
+
+    @property
+    def mode(self) -> Literal["lora", "full"]:
+        return "lora" if self.lora else "full"
+
+    @property
+    def resolved_learning_rate(self) -> float:
+        if self.learning_rate is not None:
+            return self.learning_rate
+        return self.LORA_RATE if self.lora else self.FULL_RATE
 
 
 class TuneConfig(Protocol):
@@ -169,7 +193,16 @@ def ndcg_evaluator(validation: NdcgValidation, name: str) -> Any:
     return NdcgEvaluator()
 
 
-def lora_config(config: TuneConfig, task_type: TaskType) -> LoraConfig:
+class LoraSettings(Protocol):
+    """The LoRA settings a config carries."""
+
+    lora_r: int
+    lora_alpha: int
+    lora_dropout: float
+    lora_target_modules: tuple[str, ...]
+
+
+def lora_config(config: LoraSettings, task_type: TaskType) -> LoraConfig:
     """peft's `LoraConfig` for the config's LoRA settings."""
     from peft import LoraConfig
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -36,6 +36,7 @@ from reranker.errors import TuningError
 from reranker.evaluation import Gains, Qrels
 from reranker.training import (
     BASE_MODEL,
+    ByMode,
     NdcgValidation,
     ProductTexts,
     TuneResult,
@@ -75,7 +76,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
-class CrossEncoderTuneConfig(BaseModel):
+class CrossEncoderTuneConfig(ByMode, BaseModel):
     """Settings of one tuning run; every field is recorded in the model card.
 
     ``learning_rate=None`` picks 5e-4 for LoRA (adapters need a high rate) and 3e-5 for full
@@ -84,6 +85,8 @@ class CrossEncoderTuneConfig(BaseModel):
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
+    LORA_RATE: ClassVar[float] = 5e-4
+    FULL_RATE: ClassVar[float] = 3e-5
 
     lora: bool = True
     epochs: int = Field(default=2, ge=1, le=100)
@@ -105,16 +108,6 @@ class CrossEncoderTuneConfig(BaseModel):
     lora_dropout: float = Field(default=0.1, ge=0, lt=1)
     lora_target_modules: tuple[str, ...] = ("query", "value")
     seed: int = 0
-
-    @property
-    def mode(self) -> Literal["lora", "full"]:
-        return "lora" if self.lora else "full"
-
-    @property
-    def resolved_learning_rate(self) -> float:
-        if self.learning_rate is not None:
-            return self.learning_rate
-        return 5e-4 if self.lora else 3e-5
 
 
 def tune_cross_encoder(
