@@ -69,6 +69,9 @@ class ListwiseConfig(ByMode, BaseModel):
     #: Stop after this many optimizer steps (None: every batch of every epoch).
     max_steps: int | None = Field(default=None, ge=1)
     seed: int = 0
+    #: A LoRA artifact to go on training from (its adapter and head); None: a new adapter
+    #: on the packaged weights with a random head.
+    init: str | None = None
 
 
 @dataclass(frozen=True)
@@ -111,9 +114,17 @@ def _minutes(seconds: float) -> str:
 
 
 def build_model(config: ListwiseConfig) -> CrossEncoder:
-    """The packaged MiniLM as a cross-encoder with a one-logit head, LoRA-wrapped on request."""
+    """The packaged MiniLM as a cross-encoder with a one-logit head, LoRA-wrapped on request;
+    with ``config.init``, that artifact's adapter and head, trainable."""
     model = packaged_cross_encoder(max_length=config.max_length, device="cpu")
-    if config.lora:
+    if config.init is not None:
+        if not config.lora:
+            raise TuningError("--init continues a LoRA artifact; it needs LoRA training")
+        from peft import PeftModel
+
+        model[0].model = PeftModel.from_pretrained(inner_model(model), config.init,
+                                                   is_trainable=True)
+    elif config.lora:
         from peft import TaskType, get_peft_model
 
         model[0].model = get_peft_model(inner_model(model), lora_config(config, TaskType.SEQ_CLS))
