@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -72,6 +72,12 @@ class ListwiseConfig(ByMode, BaseModel):
     #: A LoRA artifact to go on training from (its adapter and head); None: a new adapter
     #: on the packaged weights with a random head.
     init: str | None = None
+    #: ``listwise``: cross-entropy against each group's target distribution. ``mse``: the
+    #: squared error against the teacher's own scores (a student matching a cross-encoder
+    #: teacher's logits, so the final stage fitted on the teacher reads it unchanged).
+    loss: Literal["listwise", "mse"] = "listwise"
+    #: Keep the word embeddings as they are (a student that shares them with the packaged base).
+    freeze_embeddings: bool = False
 
 
 @dataclass(frozen=True)
@@ -116,10 +122,16 @@ def _minutes(seconds: float) -> str:
 def build_model(config: ListwiseConfig) -> CrossEncoder:
     """The packaged MiniLM as a cross-encoder with a one-logit head, LoRA-wrapped on request;
     with ``config.init``, that artifact's adapter and head, trainable."""
+    if config.init is not None and not config.lora:
+        from sentence_transformers import CrossEncoder
+
+        model: CrossEncoder = CrossEncoder(config.init, max_length=config.max_length,
+                                           device="cpu", local_files_only=True)
+        _freeze_embeddings(model, config)
+        return model
     model = packaged_cross_encoder(max_length=config.max_length, device="cpu")
+    _freeze_embeddings(model, config)
     if config.init is not None:
-        if not config.lora:
-            raise TuningError("--init continues a LoRA artifact; it needs LoRA training")
         from peft import PeftModel
 
         model[0].model = PeftModel.from_pretrained(inner_model(model), config.init,
@@ -129,6 +141,25 @@ def build_model(config: ListwiseConfig) -> CrossEncoder:
 
         model[0].model = get_peft_model(inner_model(model), lora_config(config, TaskType.SEQ_CLS))
     return model
+
+
+def _freeze_embeddings(model: CrossEncoder, config: ListwiseConfig) -> None:
+    if config.freeze_embeddings:
+        for name, parameter in inner_model(model).named_parameters():
+            if ".embeddings." in name:
+                parameter.requires_grad_(False)
+
+
+def group_loss(
+    group: DistillGroup, scores: torch.Tensor, config: ListwiseConfig
+) -> torch.Tensor:
+    """One group's loss (see `ListwiseConfig.loss`)."""
+    import torch
+
+    if config.loss == "mse":
+        return torch.mean((scores - torch.tensor(group.teacher, dtype=scores.dtype)) ** 2)
+    targets = torch.tensor(group.targets(config.label_weight, config.temperature))
+    return -(targets * torch.log_softmax(scores, dim=0)).sum()
 
 
 def group_scores(
@@ -204,9 +235,7 @@ def train_listwise(
             continue
         scores = group_scores(model, batch, texts, config.max_length)
         loss = torch.stack([
-            -(torch.tensor(g.targets(config.label_weight, config.temperature))
-              * torch.log_softmax(s, dim=0)).sum()
-            for g, s in zip(batch, scores, strict=True)
+            group_loss(g, s, config) for g, s in zip(batch, scores, strict=True)
         ]).mean()
         loss.backward()  # type: ignore[no-untyped-call]
         torch.nn.utils.clip_grad_norm_(trainable, 1.0)
