@@ -1,4 +1,5 @@
-"""The dependency direction plugin -> reranker -> indexer, checked on the source."""
+"""The dependency direction bench -> plugin -> reranker -> indexer, checked on the source,
+and the size of a module."""
 
 from __future__ import annotations
 
@@ -12,7 +13,10 @@ ALLOWED = {
     "indexer": {"indexer"},
     "reranker": {"reranker", "indexer"},
     "plugin": {"plugin", "reranker", "indexer"},
+    "bench": {"bench", "plugin", "reranker", "indexer"},
 }
+#: Lines a module may have outside bench/ (a longer one holds more than one job).
+MAX_MODULE_LINES = 400
 PROJECT = {"indexer", "reranker", "plugin", "tests", "bench"}
 
 
@@ -39,7 +43,13 @@ def test_triton_models_import_nothing_from_the_project() -> None:
 
 
 def test_modules_stay_small() -> None:
-    for package in ALLOWED:
+    for package in sorted(set(ALLOWED) - {"bench"}):
         for path in (REPO / package).rglob("*.py"):
             lines = len(path.read_text(encoding="utf-8").splitlines())
-            assert lines < 600, f"{path.relative_to(REPO)} has {lines} lines"
+            assert lines <= MAX_MODULE_LINES, f"{path.relative_to(REPO)} has {lines} lines"
+
+
+def test_tests_of_bench_code_live_under_tests_bench() -> None:
+    for path in (REPO / "tests").rglob("test_*.py"):
+        if "bench" in imported_roots(path):
+            assert path.parent.name == "bench", f"{path.relative_to(REPO)} tests bench code"
