@@ -50,7 +50,7 @@ def require_admin(
 
 
 #: Route dependencies of the admin endpoints.
-ADMIN = [Depends(require_admin)]
+ADMIN = (Depends(require_admin),)
 
 #: The filters `GET /similar` and `GET /recommend` take as query parameters.
 _FILTER_PARAMS = tuple(Filters.model_fields)
