@@ -22,7 +22,7 @@ from indexer.local_store import LocalStore
 from indexer.store import VectorStore
 from plugin.api import create_app
 from plugin.pipeline import SearchPipeline
-from plugin.session_store import InMemorySessionStore, SessionStore
+from plugin.session_store import InMemorySessionStore, SessionStore, SessionStoreError
 from plugin.settings import Settings
 from tests.conftest import make_product
 from tests.indexer.store_factories import STORE_KINDS, store_factory
@@ -178,6 +178,30 @@ def test_impressions_are_kept_with_the_session(client: TestClient) -> None:
     assert session["events"][0]["request_id"] == response["request_id"]
     assert len(session["events"][0]["items"]) == 4
     assert client.get("/sessions/i1").status_code in (401, 403)
+
+
+class DownSessionStore(InMemorySessionStore):
+    """A session store whose server cannot be reached."""
+
+    def _down(self, *args: Any, **kwargs: Any) -> Any:
+        raise SessionStoreError("redis://sessions:6379 refused the connection")
+
+    get = update = events = delete = _down
+
+
+def test_a_failing_session_store_is_a_503_naming_it(tmp_path: Path) -> None:
+    with app_client(fill(LocalStore(tmp_path / "idx")), DownSessionStore()) as client:
+        answers = [
+            client.post("/events", json=click("d1", "s1")),
+            client.get("/recommend", params={"session_id": "d1"}),
+            client.get("/sessions/d1", headers=ADMIN),
+            client.delete("/sessions/d1", headers=ADMIN),
+        ]
+    for response in answers:
+        assert response.status_code == 503, response.text
+        assert response.json()["detail"] == (
+            "session store failed: redis://sessions:6379 refused the connection"
+        )
 
 
 # -- personalised search -----------------------------------------------------------------

@@ -1,0 +1,13 @@
+"""The HTTP API: `create_app` builds the FastAPI app from the routers in this package.
+
+- `app`: the app factory and the lifespan that builds and closes the pipeline;
+- `dependencies`: what handlers get through `Depends` (pipeline, settings, admin key, filters);
+- `error_handlers`: the package errors translated to HTTP statuses, once for every route;
+- `search`, `products`, `sessions`, `operations`: the routers, one per job.
+"""
+
+from __future__ import annotations
+
+from plugin.api.app import create_app
+
+__all__ = ["create_app"]

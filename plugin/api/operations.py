@@ -1,0 +1,61 @@
+"""The operations routes: liveness (`/healthz`), readiness (`/readyz`) and Prometheus counters
+(`/metrics`)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, HTTPException
+from fastapi.responses import PlainTextResponse
+from pydantic import BaseModel
+
+from indexer.errors import IndexerError
+from plugin.api.dependencies import PipelineDep, SettingsDep
+
+router = APIRouter()
+
+#: The pipeline counters `/metrics` exports, each as ``shoprank_<name>``.
+COUNTERS = ("search_total", "search_degraded_total", "search_personalized_total",
+            "personalization_unavailable_total")
+
+
+class Health(BaseModel):
+    status: str
+    index: str
+    products: int | None = None
+    reranker: str | None = None
+    detail: str | None = None
+
+
+@router.get("/metrics", response_class=PlainTextResponse)
+def metrics(pipeline: PipelineDep) -> str:
+    """Counters in the Prometheus text format."""
+    lines = []
+    for name in COUNTERS:
+        lines += [f"# TYPE shoprank_{name} counter",
+                  f"shoprank_{name} {pipeline.counters.get(name, 0)}"]
+    breaker = getattr(pipeline.reranker, "breaker", None)
+    if breaker is not None:
+        lines += ["# TYPE shoprank_reranker_circuit_open gauge",
+                  f"shoprank_reranker_circuit_open {int(breaker.state != 'closed')}"]
+    return "\n".join(lines) + "\n"
+
+
+@router.get("/healthz", response_model=Health, response_model_exclude_none=True)
+def healthz(settings: SettingsDep) -> Health:
+    return Health(status="ok", index=settings.index)
+
+
+@router.get("/readyz", response_model=Health, response_model_exclude_none=True)
+def readyz(settings: SettingsDep, pipeline: PipelineDep) -> Health:
+    try:
+        count = pipeline.store.count()
+    except IndexerError as e:
+        # Unlike the other routes' 503, this one says which index is not ready, as a Health.
+        raise HTTPException(
+            status_code=503,
+            detail=Health(status="not ready", index=settings.index, detail=str(e)).model_dump(
+                exclude_none=True
+            ),
+        ) from e
+    return Health(
+        status="ready", index=settings.index, products=count, reranker=pipeline.reranker.name
+    )
