@@ -112,6 +112,7 @@ def test_concurrent_retrieval_returns_what_sequential_retrieval_does(
     together = pipeline.search(request)
     pipeline.retriever.concurrent = False
     one_by_one = pipeline.search(request)
+    assert list(together.timings_ms)[:3] == ["load_encoder", "encode", "retrieve"]
     assert [(hit.id, hit.scores) for hit in together.results] == [
         (hit.id, hit.scores) for hit in one_by_one.results
     ]
