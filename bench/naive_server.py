@@ -114,10 +114,10 @@ def build_naive_pipeline(settings: Settings, checkpoint: Path) -> SearchPipeline
     """
     pipeline = build_pipeline(settings.model_copy(
         update={"reranker": "cross-encoder", "reranker_checkpoint": checkpoint}))
-    pipeline.encoder = NaiveQueryEncoder(
+    pipeline.retriever.encoder = NaiveQueryEncoder(
         settings.indexer.encoder_path, max_seq_length=settings.indexer.encoder_max_seq_length
     )
-    pipeline.reranker = NaiveCrossEncoder(checkpoint)
+    pipeline.reranking.reranker = NaiveCrossEncoder(checkpoint)
     return pipeline
 
 

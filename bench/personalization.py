@@ -9,8 +9,9 @@ simulated users and how sessions are drawn). Per catalog and condition, each ses
    positions and the search's ``request_id``), add-to-carts and purchases the position-based
    model draws for the user, through `plugin.events.EventRecorder`;
 2. runs the evaluation search twice on the same session state, ``personalize=False`` and
-   ``personalize=True`` (once per ``--weights`` value, set on ``pipeline.personalization_weight``),
-   and scores both with the user's own gains (`bench.click_sim.user_ndcg`).
+   ``personalize=True`` (once per ``--weights`` value, set on
+   ``pipeline.settings.personalization_weight``), and scores both with the user's own gains
+   (`bench.click_sim.user_ndcg`).
 
 The uplift is personalised minus plain nDCG@10, averaged over sessions with a paired-bootstrap
 95% CI (`reranker.evaluation.paired_bootstrap`, resampling sessions). Sessions whose history
@@ -213,10 +214,10 @@ class CatalogRun:
             session_id, plan, engagements, sum(h.clicks for h in history),
             sum(h.on_intent for h in history), user_ndcg(plain, gains, K),
         )
-        default = self.pipeline.personalization_weight
+        default = self.pipeline.settings.personalization_weight
         try:
             for weight in weights:
-                self.pipeline.personalization_weight = weight
+                self.pipeline.settings.personalization_weight = weight
                 ranked = self.search(query, session_id, True)
                 outcome.personalised[weight] = user_ndcg(ranked, gains, K)
                 outcome.changed[weight] = ranked != plain
@@ -226,7 +227,7 @@ class CatalogRun:
                         f"(weight {weight}, query {plan.evaluation})"
                     )
         finally:
-            self.pipeline.personalization_weight = default
+            self.pipeline.settings.personalization_weight = default
         return outcome
 
 

@@ -76,7 +76,8 @@ def latency(
 ) -> list[float]:
     """Milliseconds of each whole search (hybrid, the cross-encoder over the top ``window``,
     the final stage ``ranker``), one at a time, as `SearchPipeline.search` runs it."""
-    pipeline.rerank_window, pipeline.final_ranker = window, ranker
+    pipeline.settings.rerank_window = window
+    pipeline.final.rankers = dataclasses.replace(pipeline.final.rankers, ranker=ranker)
     pipeline.search(SearchRequest(query=queries[0], k=10))  # warm
     times = []
     for query in queries:

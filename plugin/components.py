@@ -14,6 +14,7 @@ from indexer.settings import IndexerSettings
 from indexer.store import VectorStore
 from plugin.errors import PluginError
 from plugin.pipeline import SearchPipeline
+from plugin.search_plan import FinalRankers, SearchSettings
 from plugin.session_store import InMemorySessionStore, SessionStore
 from plugin.settings import Settings
 from reranker.base import NoReranker, Reranker
@@ -150,36 +151,45 @@ def build_session_store(settings: Settings) -> SessionStore:
     )
 
 
-def build_pipeline(settings: Settings) -> SearchPipeline:
-    reranker = build_reranker(settings)
-    final_ranker = build_final_ranker(settings)
-    pipeline = SearchPipeline(
-        build_store(settings),
-        build_encoder(settings.indexer),
-        reranker,
-        final_ranker=final_ranker,
-        fallback_final_ranker=build_fallback_final_ranker(settings),
+def build_search_settings(settings: Settings) -> SearchSettings:
+    """The pipeline's knobs, from the server's settings."""
+    return SearchSettings(
         candidates=settings.candidates,
         rerank_window=settings.rerank_window,
-        fairness=settings.fairness,
-        exposure_store=InMemoryExposureStore(window=settings.fairness_window),
-        session_store=build_session_store(settings),
+        min_rerank_window=settings.min_rerank_window,
+        rerank_budget_ms=settings.rerank_budget_ms,
         personalization_weight=settings.personalization_weight,
         out_of_stock=settings.out_of_stock,
-        rerank_budget_ms=settings.rerank_budget_ms,
-        min_rerank_window=settings.min_rerank_window,
+        fairness=settings.fairness,
         concurrent_retrieval=settings.concurrent_retrieval,
         max_concurrent_reranks=settings.max_concurrent_reranks,
     )
-    if pipeline.final_needs_rerank and not pipeline.has_reranker:
-        if settings.final_ranker == "default":
-            # the packaged ranker needs the packaged reranker: its retrieval-only twin ranks
-            pipeline.final_ranker, pipeline.fallback_final_ranker = (
-                pipeline.fallback_final_ranker, None
-            )
-        else:
-            raise PluginError(
-                f"final ranker {settings.final_ranker} uses cross-encoder scores: "
-                "start with --reranker onnx or cross-encoder, or --final-ranker none"
-            )
-    return pipeline
+
+
+def build_final_rankers(settings: Settings, *, has_reranker: bool) -> FinalRankers:
+    """The final stage and its fallback, for a server with or without a reranker."""
+    rankers = FinalRankers(build_final_ranker(settings), build_fallback_final_ranker(settings))
+    if not rankers.needs_rerank or has_reranker:
+        return rankers
+    if settings.final_ranker == "default":
+        # the packaged ranker needs the packaged reranker: its retrieval-only twin ranks
+        return FinalRankers(rankers.fallback)
+    raise PluginError(
+        f"final ranker {settings.final_ranker} uses cross-encoder scores: "
+        "start with --reranker onnx or cross-encoder, or --final-ranker none"
+    )
+
+
+def build_pipeline(settings: Settings) -> SearchPipeline:
+    reranker = build_reranker(settings)
+    return SearchPipeline(
+        build_store(settings),
+        build_encoder(settings.indexer),
+        reranker,
+        rankers=build_final_rankers(
+            settings, has_reranker=not isinstance(reranker, NoReranker)
+        ),
+        sessions=build_session_store(settings),
+        exposure=InMemoryExposureStore(window=settings.fairness_window),
+        settings=build_search_settings(settings),
+    )

@@ -6,6 +6,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
+from indexer.schema import Product
 from indexer.store import Filters, RetrievalMode
 
 MAX_QUERY_CHARS = 512
@@ -149,7 +150,10 @@ class Explanation(BaseModel):
     text: str = Field(description="the product text the models saw")
 
 
-class SearchHit(BaseModel):
+class RankedProduct(BaseModel):
+    """What a result list shows of a product, at its rank: the fields search results and
+    recommendations share."""
+
     rank: int
     id: str
     title: str
@@ -157,6 +161,17 @@ class SearchHit(BaseModel):
     category: list[str]
     price: float | None
     in_stock: bool | None = None
+
+    @staticmethod
+    def summary_of(product: Product, rank: int) -> dict[str, Any]:
+        """These fields of ``product`` at ``rank``, to build a result from."""
+        return {
+            "rank": rank, "id": product.id, "title": product.title, "brand": product.brand,
+            "category": product.category, "price": product.price, "in_stock": product.in_stock,
+        }
+
+
+class SearchHit(RankedProduct):
     score: float = Field(description="score of the stage that ordered this result")
     scores: StageScores
     explanation: Explanation | None = None
@@ -181,14 +196,7 @@ class SearchResponse(BaseModel):
     filters: dict[str, Any] | None = None
 
 
-class RecommendedItem(BaseModel):
-    rank: int
-    id: str
-    title: str
-    brand: str | None
-    category: list[str]
-    price: float | None
-    in_stock: bool | None = None
+class RecommendedItem(RankedProduct):
     score: float = Field(description="cosine similarity to the item or the session profile")
 
 

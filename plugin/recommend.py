@@ -65,13 +65,7 @@ def _neighbours(
             continue
         results.append(
             RecommendedItem(
-                rank=len(results) + 1,
-                id=product.id,
-                title=product.title,
-                brand=product.brand,
-                category=product.category,
-                price=product.price,
-                in_stock=product.in_stock,
+                **RecommendedItem.summary_of(product, len(results) + 1),
                 score=round(hit.score, 6),
             )
         )

@@ -14,6 +14,7 @@ from indexer.indexing import index_products
 from indexer.local_store import LocalStore
 from plugin.api import create_app
 from plugin.pipeline import SearchPipeline
+from plugin.search_plan import SearchSettings
 from plugin.settings import Settings
 from reranker.fairness_metrics import fair_table
 from tests.conftest import make_product
@@ -29,7 +30,7 @@ def client(tmp_path: Path) -> Iterator[TestClient]:
     store = LocalStore(tmp_path / "idx")
     encoder = BiEncoder()
     index_products(store, products, encoder)
-    pipeline = SearchPipeline(store, encoder, candidates=12)
+    pipeline = SearchPipeline(store, encoder, settings=SearchSettings(candidates=12))
     with TestClient(create_app(Settings(), pipeline)) as client:
         yield client
 
@@ -113,7 +114,7 @@ def test_the_server_default_policy_applies_unless_a_request_says_none(
     client: TestClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("SHOPRANK_FAIRNESS", '{"policy": "group_cap", "cap": 3}')
-    client.app.state.pipeline.fairness = Settings().fairness  # type: ignore[attr-defined]
+    client.app.state.pipeline.settings.fairness = Settings().fairness  # type: ignore[attr-defined]
     default = _search(client)
     assert default["fairness"]["policy"] == "group_cap"
     assert [hit["brand"] for hit in default["results"]].count("Acme") == 3

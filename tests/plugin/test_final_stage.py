@@ -13,6 +13,7 @@ from plugin.errors import RerankNotConfiguredError
 from plugin.final_stage import FusionParameters, folds_of, fused, tune_fusion
 from plugin.models import SearchRequest
 from plugin.pipeline import SearchPipeline
+from plugin.search_plan import FinalRankers
 from reranker.errors import CheckpointError
 from reranker.features import (
     FEATURE_NAMES,
@@ -31,7 +32,7 @@ def _title_ranker() -> LinearRanker:
 
 
 def test_final_stage_orders_by_its_score_and_explains_it(pipeline: SearchPipeline) -> None:  # noqa: F811
-    pipeline.final_ranker = _title_ranker()
+    pipeline.final.rankers = FinalRankers(_title_ranker())
     response = pipeline.search(SearchRequest(query="red summer dress", explain=True))
     top = response.results[0]
     assert top.id == "p3" and response.final_stage == "linear:title"
@@ -50,7 +51,9 @@ def test_final_stage_orders_by_its_score_and_explains_it(pipeline: SearchPipelin
 def test_a_final_stage_with_feedback_reads_the_stored_embeddings(pipeline: SearchPipeline) -> None:  # noqa: F811
     names = (*FEATURE_NAMES, *FEEDBACK_FEATURES)
     weights = [1.0 if name == "feedback_cosine" else 0.0 for name in names]
-    pipeline.final_ranker = LinearRanker(names, tuple(weights), card={"name": "feedback"})
+    pipeline.final.rankers = FinalRankers(
+        LinearRanker(names, tuple(weights), card={"name": "feedback"})
+    )
     response = pipeline.search(SearchRequest(query="red summer dress", explain=True))
     plain = pipeline.search(SearchRequest(query="red summer dress", final=False, explain=True))
     retrieval = [hit.id for hit in plain.results]  # no final stage: retrieval order
@@ -85,7 +88,7 @@ def test_title_cosine_reads_the_stored_title_embeddings(
     vectors = axis_vectors(len(tiny_products))
     titles = np.roll(vectors, -1, axis=0)
     pipeline.store.replace_all(tiny_products, vectors, title_vectors=titles)
-    pipeline.final_ranker = _title_cosine_ranker()
+    pipeline.final.rankers = FinalRankers(_title_cosine_ranker())
     response = pipeline.search(SearchRequest(query="red shoes", explain=True))
     query = pipeline.encoder.encode_query("red shoes")
     by_title = {p.id: float(titles[i] @ query) for i, p in enumerate(tiny_products)}
@@ -98,7 +101,7 @@ def test_title_cosine_falls_back_to_the_text_cosine_on_an_index_without_titles(
     pipeline: SearchPipeline,  # noqa: F811
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    pipeline.final_ranker = _title_cosine_ranker()  # the fixture's index has no title vectors
+    pipeline.final.rankers = FinalRankers(_title_cosine_ranker())  # no title vectors stored
     response = pipeline.search(SearchRequest(query="red shoes", explain=True))
     for hit in response.results:
         assert hit.scores.final == pytest.approx(hit.scores.vector)
@@ -183,15 +186,15 @@ def test_without_the_cross_encoder_score_the_fallback_final_stage_ranks(
     the score is missing (reranking off or the reranker down), instead of skipping the stage."""
     names = (*FEATURE_NAMES, "cross_encoder")
     weights = [1.0 if name == "cross_encoder" else 0.0 for name in names]
-    pipeline.final_ranker = LinearRanker(names, tuple(weights), card={"name": "with-ce"})
-    pipeline.fallback_final_ranker = _title_ranker()
-    pipeline.reranker = _DownReranker()
+    with_ce = LinearRanker(names, tuple(weights), card={"name": "with-ce"})
+    pipeline.final.rankers = FinalRankers(with_ce, fallback=_title_ranker())
+    pipeline.reranking.reranker = _DownReranker()
     down = pipeline.search(SearchRequest(query="red summer dress", explain=True))
     assert down.degraded and down.final_stage == "linear:title"
     assert down.results[0].id == "p3" and down.results[0].scores.final == pytest.approx(1.0)
     off = pipeline.search(SearchRequest(query="red summer dress", rerank=False))
     assert off.final_stage == "linear:title" and not off.degraded
-    pipeline.fallback_final_ranker = None
+    pipeline.final.rankers = FinalRankers(with_ce)
     skipped = pipeline.search(SearchRequest(query="red summer dress"))
     assert skipped.degraded and skipped.final_stage == "none"
     with pytest.raises(RerankNotConfiguredError, match="needs rerank=true"):

@@ -22,6 +22,7 @@ from indexer.local_store import LocalStore
 from indexer.store import VectorStore
 from plugin.api import create_app
 from plugin.pipeline import SearchPipeline
+from plugin.search_plan import SearchSettings
 from plugin.session_store import InMemorySessionStore, SessionStore, SessionStoreError
 from plugin.settings import Settings
 from tests.conftest import make_product
@@ -57,8 +58,8 @@ def fill(store: VectorStore) -> VectorStore:
 
 
 def app_client(store: VectorStore, sessions: SessionStore) -> TestClient:
-    pipeline = SearchPipeline(store, BiEncoder(), session_store=sessions, candidates=10,
-                              personalization_weight=0.5)
+    pipeline = SearchPipeline(store, BiEncoder(), sessions=sessions, settings=SearchSettings(
+        candidates=10, personalization_weight=0.5))
     return TestClient(create_app(Settings(admin_api_key=KEY), pipeline))
 
 

@@ -43,7 +43,7 @@ def test_the_cost_model_caps_pairs_at_the_reranker_max_length(
     pipeline: SearchPipeline,  # noqa: F811
 ) -> None:
     from plugin.components import build_reranker
-    from plugin.pipeline import reranker_max_length
+    from plugin.rank_stages import reranker_max_length
     from plugin.settings import Settings
     from reranker.base import NoReranker
     from reranker.errors import CheckpointError
@@ -57,7 +57,7 @@ def test_the_cost_model_caps_pairs_at_the_reranker_max_length(
             raise CheckpointError("no such checkpoint")
 
     built = SearchPipeline(pipeline.store, pipeline.encoder, Short())
-    assert built.rerank_cost.max_chars == 48 * 4  # what 48 tokens hold, about
+    assert built.reranking.cost.max_chars == 48 * 4  # what 48 tokens hold, about
     assert reranker_max_length(NoReranker()) == 256  # says nothing: the default
     assert reranker_max_length(Broken()) == 256  # fails on its first rerank, not at startup
     triton = build_reranker(Settings(reranker="triton", reranker_max_length=48))
@@ -90,12 +90,12 @@ class SlowReranker:
 
 
 def test_a_budgeted_search_reranks_what_fits(pipeline: SearchPipeline) -> None:  # noqa: F811
-    pipeline.reranker = SlowReranker()
-    pipeline.rerank_window = 6
-    pipeline.min_rerank_window = 2
+    pipeline.reranking.reranker = SlowReranker()
+    pipeline.settings.rerank_window = 6
+    pipeline.settings.min_rerank_window = 2
     fixed = pipeline.search(SearchRequest(query="red shoes", mode="vector", k=6))
     assert fixed.reranked == 6  # no budget: the whole window
-    pipeline.rerank_cost = RerankCostModel(fixed_ms=0.0, ms_per_char=10.0)  # very slow
+    pipeline.reranking.cost = RerankCostModel(fixed_ms=0.0, ms_per_char=10.0)  # very slow
     tight = pipeline.search(SearchRequest(query="red shoes", mode="vector", k=6,
                                           rerank_budget_ms=1.0))
     assert tight.reranked == 2  # the floor
@@ -110,8 +110,9 @@ def test_concurrent_retrieval_returns_what_sequential_retrieval_does(
 ) -> None:
     request = SearchRequest(query="red shoes", k=6, explain=True)
     together = pipeline.search(request)
-    pipeline.concurrent_retrieval = False
+    pipeline.retriever.concurrent = False
     one_by_one = pipeline.search(request)
+    assert list(together.timings_ms)[:3] == ["load_encoder", "encode", "retrieve"]
     assert [(hit.id, hit.scores) for hit in together.results] == [
         (hit.id, hit.scores) for hit in one_by_one.results
     ]

@@ -12,6 +12,7 @@ from indexer.local_store import LocalStore
 from indexer.schema import Product, product_to_text
 from plugin.models import SearchRequest
 from plugin.pipeline import SearchPipeline
+from plugin.search_plan import SearchSettings
 from reranker.cross_encoder import InProcessCrossEncoder
 from reranker.errors import CheckpointError
 from tests.conftest import demo_slice
@@ -58,7 +59,8 @@ def test_pipeline_reranks_the_window_by_cross_encoder_score(
     encoder = BiEncoder()
     index_products(store, products, encoder)
     reranker = InProcessCrossEncoder(checkpoint)
-    pipeline = SearchPipeline(store, encoder, reranker, candidates=30, rerank_window=10)
+    pipeline = SearchPipeline(store, encoder, reranker,
+                              settings=SearchSettings(candidates=30, rerank_window=10))
 
     response = pipeline.search(SearchRequest(query="stainless steel water bottle", k=30))
     window, rest = response.results[:10], response.results[10:]

@@ -81,4 +81,4 @@ def test_without_a_reranker_the_packaged_final_stage_is_its_retrieval_twin() -> 
     plain = build_pipeline(Settings(reranker="none"))
     assert plain.final_ranker is not None and not plain.final_needs_rerank
     served = build_pipeline(Settings(reranker="cross-encoder"))
-    assert served.final_needs_rerank and served.fallback_final_ranker is not None
+    assert served.final_needs_rerank and served.final.rankers.fallback is not None

@@ -13,6 +13,7 @@ from indexer.indexing import index_products
 from indexer.local_store import LocalStore
 from plugin.models import SearchRequest
 from plugin.pipeline import SearchPipeline
+from plugin.search_plan import SearchSettings
 from reranker.errors import CheckpointError, RerankerError, RerankerUnavailableError
 from reranker.triton import CircuitBreaker, TritonReranker
 from reranker.triton_contract import CHECKPOINT_DIR, MODEL_FILE, MODEL_NAME
@@ -80,7 +81,8 @@ def test_search_fails_open_to_retrieval_order_when_the_reranker_is_down(
     store = LocalStore(tmp_path / "idx")
     index_products(store, tiny_products, BiEncoder())
     reranker = TritonReranker(_dead_url(), timeout_seconds=0.5)
-    pipeline = SearchPipeline(store, BiEncoder(), reranker, candidates=6, rerank_window=6)
+    pipeline = SearchPipeline(store, BiEncoder(), reranker,
+                              settings=SearchSettings(candidates=6, rerank_window=6))
     try:
         request = SearchRequest(query="running shoes", k=5)
         response = pipeline.search(request)

@@ -27,6 +27,7 @@ from plugin.api import create_app
 from plugin.cli import app as cli
 from plugin.models import SearchRequest
 from plugin.pipeline import SearchPipeline
+from plugin.search_plan import SearchSettings
 from plugin.settings import Settings
 from reranker.cross_encoder import InProcessCrossEncoder, inner_model, packaged_cross_encoder
 from reranker.triton import CircuitBreaker, TritonReranker
@@ -248,7 +249,8 @@ def test_search_degrades_while_triton_is_down_and_recovers_by_itself(
         f"http://127.0.0.1:{port}", timeout_seconds=5,
         breaker=CircuitBreaker(failures=2, reset_seconds=1.0),
     )
-    pipeline = SearchPipeline(store, encoder, reranker, candidates=30, rerank_window=20)
+    pipeline = SearchPipeline(store, encoder, reranker,
+                              settings=SearchSettings(candidates=30, rerank_window=20))
     app = create_app(Settings(), pipeline)
     body = {"query": "water bottle", "k": 10}
     _triton("start", env)
