@@ -13,13 +13,13 @@ from indexer.opensearch_store import OpenSearchStore
 from indexer.settings import IndexerSettings
 from indexer.store import VectorStore
 from plugin.errors import PluginError
+from plugin.fairness.exposure_store import InMemoryExposureStore
 from plugin.pipeline import SearchPipeline
 from plugin.session_store import InMemorySessionStore, SessionStore
 from plugin.settings import Settings
 from reranker.base import NoReranker, Reranker
 from reranker.cross_encoder import DEFAULT_MAX_LENGTH, InProcessCrossEncoder, read_model_card
 from reranker.errors import RerankerError
-from reranker.exposure_store import InMemoryExposureStore
 from reranker.ltr import LinearRanker
 
 logger = logging.getLogger(__name__)

@@ -21,7 +21,12 @@ from indexer.fusion import reciprocal_rank_fusion
 from indexer.retrieval import Candidate
 from indexer.schema import Product, product_to_text
 from indexer.store import RetrievalMode, check_encoder
-from plugin.fairness_eval import FairnessSetup, StageFairness, evaluate_fairness, fairness_markdown
+from plugin.fairness.evaluation import (
+    FairnessSetup,
+    StageFairness,
+    evaluate_fairness,
+    fairness_markdown,
+)
 from plugin.final_stage import (
     QueryCandidates,
     RetrievedLists,

@@ -20,7 +20,8 @@ from indexer.retrieval import Candidate, fuse
 from indexer.schema import Product, product_to_text
 from indexer.store import Filters, ScoredId, VectorStore, check_encoder
 from plugin.errors import RerankNotConfiguredError
-from plugin.fairness_stage import apply_fairness
+from plugin.fairness.exposure_store import ExposureStore, InMemoryExposureStore
+from plugin.fairness.stage import apply_fairness
 from plugin.models import (
     Explanation,
     FairnessPolicy,
@@ -35,8 +36,6 @@ from plugin.rerank_budget import CHARS_PER_TOKEN, RerankCostModel
 from plugin.session_store import InMemorySessionStore, SessionStore, SessionStoreError
 from reranker.base import NoReranker, Reranker
 from reranker.errors import RerankerError, RerankerUnavailableError
-from reranker.exposure_store import InMemoryExposureStore
-from reranker.fairness import ExposureStore
 from reranker.features import (
     CROSS_ENCODER_FEATURE,
     Embeddings,
