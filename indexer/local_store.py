@@ -40,7 +40,7 @@ import numpy as np
 import numpy.typing as npt
 
 from indexer.analysis import ANALYZER_VERSION
-from indexer.encoder import EncoderStamp
+from indexer.encoder_stamp import EncoderStamp
 from indexer.errors import DimensionMismatchError, IndexNotFoundError, StoreError
 from indexer.lexical import LexicalIndex
 from indexer.local_snapshot import Snapshot, Upsert

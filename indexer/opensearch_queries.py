@@ -15,7 +15,7 @@ import numpy as np
 import numpy.typing as npt
 
 from indexer.analysis import ANALYZER_NAME, opensearch_analysis_settings
-from indexer.encoder import EncoderStamp
+from indexer.encoder_stamp import EncoderStamp
 from indexer.schema import LEXICAL_FIELDS, Product, lexical_texts
 from indexer.store import Filters
 

@@ -29,7 +29,7 @@ import numpy.typing as npt
 import opensearchpy
 from opensearchpy import OpenSearch, helpers
 
-from indexer.encoder import EncoderStamp
+from indexer.encoder_stamp import EncoderStamp
 from indexer.errors import (
     DimensionMismatchError,
     IndexNotFoundError,

@@ -5,10 +5,11 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from indexer.encoder import MODEL_CARD, BiEncoder, folder_digest
+from indexer.encoder import BiEncoder
 from indexer.errors import IndexerError
 from indexer.local_store import LocalStore
-from indexer.onnx_encoder import EXPORT_FORMAT, ONNX_CARD
+from indexer.model_files import MODEL_CARD, folder_digest
+from indexer.onnx_files import EXPORT_FORMAT, ONNX_CARD
 from indexer.opensearch_store import OpenSearchStore
 from indexer.settings import IndexerSettings
 from indexer.store import VectorStore

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from indexer.analysis import STOPWORDS
-from indexer.encoder import EncoderStamp
+from indexer.encoder_stamp import EncoderStamp
 from indexer.opensearch_queries import (
     IndexLayout,
     build_alias_swap,
