@@ -7,7 +7,7 @@ query); hybrid (RRF) is measured beside it at p*. Note that the packaged ranker 
 every ESCI dev query, so its ESCI relevance is in-sample; for Icecat it is a transfer.
 
 - Protected: brands each holding less than ``--share`` (default 0.5%) of the catalog's products,
-  counted over the whole catalog (`plugin.fairness_eval.fairness_setup`); products without a
+  counted over the whole catalog (`plugin.fairness.evaluation.fairness_setup`); products without a
   brand form the group "(none)", which is never protected.
 - p*: the protected share of the relevant judged (query, product) pairs of the dev queries:
   grade >= 1 (Icecat), Exact or Substitute (ESCI, grade >= 2).
@@ -41,7 +41,14 @@ from indexer.analysis import analyze
 from indexer.catalog import load_catalog
 from plugin.components import build_pipeline
 from plugin.evaluate import StageResult, evaluate_stages
-from plugin.fairness_eval import FairnessSetup, StageFairness, evaluate_fairness, fairness_setup
+from plugin.fairness.evaluation import (
+    FairnessSetup,
+    StageFairness,
+    evaluate_fairness,
+    fairness_setup,
+)
+from plugin.fairness.items import NO_GROUP
+from plugin.fairness.metrics import fair_table
 from plugin.models import FairnessPolicy
 from plugin.settings import Settings
 from reranker.evaluation import (
@@ -52,8 +59,6 @@ from reranker.evaluation import (
     load_queries,
     paired_bootstrap,
 )
-from reranker.fairness import NO_GROUP
-from reranker.fairness_metrics import fair_table
 
 REPO = Path(__file__).resolve().parents[1]
 #: ESCI grades: Exact 3, Substitute 2, Complement 1, Irrelevant 0.

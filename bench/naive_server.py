@@ -25,7 +25,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from indexer.encoder import BiEncoder, Vectors, hf_transformer, load_bi_encoder
+from indexer.encoder import BiEncoder
+from indexer.model_loading import hf_transformer, load_bi_encoder
+from indexer.vectors import Vectors
 from plugin.components import build_pipeline
 from plugin.pipeline import SearchPipeline
 from plugin.settings import Settings

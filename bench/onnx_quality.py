@@ -391,7 +391,7 @@ def main() -> None:
 
     import torch
 
-    from indexer.onnx_encoder import read_onnx_card
+    from indexer.onnx_files import read_onnx_card
     from indexer.settings import IndexerSettings
     from reranker.evaluation import load_queries
     from reranker.onnx_export import export_onnx

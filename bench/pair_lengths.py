@@ -52,7 +52,8 @@ def main() -> None:
     args = parser.parse_args()
     from transformers import AutoTokenizer
 
-    from indexer.encoder import packaged_model_path, prepare_offline_loading
+    from indexer.model_files import packaged_model_path
+    from indexer.model_loading import prepare_offline_loading
 
     prepare_offline_loading()
     tokenizer = AutoTokenizer.from_pretrained(str(packaged_model_path()))

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from indexer.catalog import load_catalog
-from indexer.encoder import MODEL_CARD
+from indexer.model_files import MODEL_CARD
 from indexer.schema import product_to_text
 from plugin.components import PACKAGED_RERANKER
 from reranker.cross_encoder import InProcessCrossEncoder, inner_model, read_model_card

@@ -233,7 +233,7 @@ def prepare(
     out: Path, *, requests: int, candidates: int, max_length: int, seed: int, queries: Path
 ) -> dict[str, Any]:
     """Tokenize the requests once and write them, with the packaged model's config.json."""
-    from indexer.encoder import packaged_model_path
+    from indexer.model_files import packaged_model_path
     from reranker.triton import TritonReranker
 
     sampled = sample_requests(requests, candidates, seed=seed, queries=queries)

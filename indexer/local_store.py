@@ -15,9 +15,9 @@ Layout under ``<home>/indexes/<name>/``::
 
 A rebuild writes a new version beside the serving one and only then moves ``CURRENT``, so a
 failed or killed rebuild leaves the serving index as it was; the next rebuild removes the
-leftovers. Live changes are appended to ``updates.jsonl`` (a write-ahead log, replayed on load)
-and applied in memory at once; other processes pick up a new version or new log lines on their
-next search, at most `RECHECK_SECONDS` later.
+leftovers. Live changes are appended to ``updates.jsonl`` (a write-ahead log, replayed on load;
+`indexer.local_update_log`) and applied in memory at once; other processes pick up a new version
+or new log lines on their next search, at most `RECHECK_SECONDS` later.
 """
 
 from __future__ import annotations
@@ -34,16 +34,23 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from indexer.analysis import ANALYZER_VERSION
-from indexer.encoder import EncoderStamp
+from indexer.encoder_stamp import EncoderStamp
 from indexer.errors import DimensionMismatchError, IndexNotFoundError, StoreError
 from indexer.lexical import LexicalIndex
-from indexer.local_snapshot import Snapshot, Upsert
+from indexer.local_snapshot import Snapshot
+from indexer.local_update_log import (
+    UPDATES,
+    append_lines,
+    delete_lines,
+    read_updates,
+    upsert_lines,
+)
 from indexer.schema import LEXICAL_FIELDS, Product, lexical_texts
 from indexer.store import Filters, ScoredId, check_rebuild, check_vectors
 
@@ -52,7 +59,6 @@ logger = logging.getLogger(__name__)
 RECHECK_SECONDS = 0.25
 _CURRENT = "CURRENT"
 _MANIFEST = "manifest.json"
-_UPDATES = "updates.jsonl"
 _BUILDING_PREFIX = ".building-"
 _ENCODER = "encoder"
 _TITLE_VECTORS = "title_vectors.npy"
@@ -141,38 +147,8 @@ class LocalStore:
 
     def _replay(self, snapshot: Snapshot) -> Snapshot:
         """Apply the log lines written since this snapshot was taken."""
-        log = self.root / snapshot.version / _UPDATES
-        try:
-            size = log.stat().st_size
-        except FileNotFoundError:
-            return snapshot
-        if size <= snapshot.log_offset:
-            return snapshot
-        upserts: dict[str, Upsert] = {}
-        deletes: set[str] = set()
-        with log.open("rb") as handle:
-            handle.seek(snapshot.log_offset)
-            data = handle.read(size - snapshot.log_offset)
-        complete = data[: data.rfind(b"\n") + 1]  # a line still being written waits
-        offset = snapshot.log_offset
-        for line in complete.splitlines(keepends=True):
-            try:
-                entry = json.loads(line)
-                if entry["op"] == "upsert":
-                    product = Product.model_validate(entry["product"])
-                    vector = np.asarray(entry["vector"], dtype=np.float32)
-                    title = entry.get("title_vector")
-                    upserts[product.id] = (
-                        product, vector, None if title is None else np.asarray(title, np.float32)
-                    )
-                    deletes.discard(product.id)
-                else:
-                    upserts.pop(entry["id"], None)
-                    deletes.add(entry["id"])
-            except (ValueError, KeyError, TypeError) as e:
-                raise StoreError(f"{log} is corrupt at byte {offset}: {e}") from e
-            offset += len(line)
-        return snapshot.applied(upserts, deletes, offset)
+        updates = read_updates(self.root / snapshot.version / UPDATES, snapshot.log_offset)
+        return snapshot if updates is None else snapshot.applied(*updates)
 
     @property
     def location(self) -> str:
@@ -263,14 +239,7 @@ class LocalStore:
         """Add or replace products; searchable in this process at once. Returns the count."""
         check_vectors(products, vectors, title_vectors)
         self._check_dimension(vectors.shape[1], self._state(force=True))
-        titles = [None] * len(products) if title_vectors is None else list(title_vectors)
-        lines = [
-            json.dumps(
-                {"op": "upsert", "product": p.model_dump(mode="json"), "vector": v.tolist()}
-                | ({} if t is None else {"title_vector": t.tolist()})
-            )
-            for p, v, t in zip(products, vectors, titles, strict=True)
-        ]
+        lines = upsert_lines(products, vectors, title_vectors)
         self._append_log(lines)
         return len(lines)
 
@@ -278,7 +247,7 @@ class LocalStore:
         """Remove products; returns how many existed."""
         rows = self._state(force=True).rows
         existing = [pid for pid in dict.fromkeys(product_ids) if pid in rows]
-        self._append_log([json.dumps({"op": "delete", "id": pid}) for pid in existing])
+        self._append_log(delete_lines(existing))
         return len(existing)
 
     def _append_log(self, lines: list[str]) -> None:
@@ -288,11 +257,7 @@ class LocalStore:
             version = self._current_version()
             if version is None:
                 raise IndexNotFoundError(f"no index at {self.root} to update")
-            with (self.root / version / _UPDATES).open("ab") as handle:
-                _drop_partial_line(handle)  # left by a writer that died mid-line
-                handle.write(("\n".join(lines) + "\n").encode("utf-8"))
-                handle.flush()
-                os.fsync(handle.fileno())
+            append_lines(self.root / version / UPDATES, lines)
         self._state(force=True)
 
     def replace_all(
@@ -381,20 +346,6 @@ class LocalStore:
         for name in versions:
             if name != current and name not in keep:
                 shutil.rmtree(self.root / name, ignore_errors=True)
-
-
-def _drop_partial_line(handle: BinaryIO) -> None:
-    """Cut an append-mode log back to its last complete line."""
-    size = handle.seek(0, os.SEEK_END)
-    if size == 0:
-        return
-    with open(handle.name, "rb") as reader:
-        reader.seek(max(0, size - 1))
-        if reader.read(1) == b"\n":
-            return
-        reader.seek(0)
-        data = reader.read()
-    handle.truncate(data.rfind(b"\n") + 1)
 
 
 def _fsync_tree(path: Path, *, recursive: bool = True) -> None:

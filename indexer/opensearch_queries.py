@@ -15,7 +15,7 @@ import numpy as np
 import numpy.typing as npt
 
 from indexer.analysis import ANALYZER_NAME, opensearch_analysis_settings
-from indexer.encoder import EncoderStamp
+from indexer.encoder_stamp import EncoderStamp
 from indexer.schema import LEXICAL_FIELDS, Product, lexical_texts
 from indexer.store import Filters
 
@@ -29,6 +29,8 @@ STOCK_FIELD = "in_stock"
 META_KEY = "shoprank"
 #: Key of the encoder stamp inside the ``_meta.shoprank`` of an index version.
 ENCODER_KEY = "encoder"
+#: The most distinct brands `build_brand_counts_query` asks for (more are not counted).
+BRAND_BUCKETS = 50_000
 _NORMALIZER = "shoprank_lower"
 
 
@@ -159,6 +161,13 @@ def build_bulk_actions(
         }
 
 
+def build_delete_actions(index: str, product_ids: Sequence[str]) -> list[dict[str, Any]]:
+    """One bulk delete per distinct id, in first-seen order."""
+    return [
+        {"_op_type": "delete", "_index": index, "_id": pid} for pid in dict.fromkeys(product_ids)
+    ]
+
+
 def build_filter_clauses(filters: Filters | None) -> list[dict[str, Any]]:
     """Filters as OpenSearch ``filter`` clauses (same semantics as `Filters.matches`)."""
     if filters is None:
@@ -249,6 +258,28 @@ def build_knn_query(
         "sort": _SORT,
         "query": {"knn": {VECTOR_FIELD: knn}},
     }
+
+
+def build_brand_counts_query() -> dict[str, Any]:
+    """A terms aggregation over the (lower-cased) brand keyword, plus the products without one."""
+    return {
+        "size": 0,
+        "aggs": {
+            "brands": {"terms": {"field": "brand", "size": BRAND_BUCKETS}},
+            "none": {"missing": {"field": "brand"}},
+        },
+    }
+
+
+def read_brand_counts(response: dict[str, Any]) -> dict[str, int]:
+    """Products per brand from the response to `build_brand_counts_query`; products without a
+    brand count under ""."""
+    aggregations = response["aggregations"]
+    counts = {str(bucket["key"]): int(bucket["doc_count"])
+              for bucket in aggregations["brands"]["buckets"]}
+    if aggregations["none"]["doc_count"]:
+        counts[""] = counts.get("", 0) + int(aggregations["none"]["doc_count"])
+    return counts
 
 
 def cosine_from_score(score: float) -> float:

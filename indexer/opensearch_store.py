@@ -8,7 +8,8 @@ the next rebuild deletes what it left.
 A version built before the ``in_stock`` field existed gets it on its first upsert or
 stock-filtered search: `put_mapping` adds the field and the stored records fill it in (once per
 version; until then such an index treats every product's stock as unknown, i.e. available).
-No OpenSearch exception leaves this module: they become `indexer.errors` types.
+No OpenSearch exception leaves this module: they become `indexer.errors` types
+(`indexer.opensearch_client.translated_errors`).
 """
 
 from __future__ import annotations
@@ -18,24 +19,19 @@ import re
 import secrets
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-import opensearchpy
 from opensearchpy import OpenSearch, helpers
 
-from indexer.encoder import EncoderStamp
-from indexer.errors import (
-    DimensionMismatchError,
-    IndexNotFoundError,
-    StoreError,
-    StoreUnavailableError,
-)
+from indexer.encoder_stamp import EncoderStamp
+from indexer.errors import DimensionMismatchError, IndexNotFoundError, StoreError
+from indexer.opensearch_client import connect, send_bulk, translated_errors
 from indexer.opensearch_queries import (
     ENCODER_KEY,
     META_KEY,
@@ -46,7 +42,9 @@ from indexer.opensearch_queries import (
     IndexLayout,
     build_alias_swap,
     build_bm25_query,
+    build_brand_counts_query,
     build_bulk_actions,
+    build_delete_actions,
     build_index_body,
     build_knn_query,
     build_stock_backfill,
@@ -54,6 +52,7 @@ from indexer.opensearch_queries import (
     build_version_meta,
     cosine_from_score,
     decode_title_vector,
+    read_brand_counts,
     version_meta,
 )
 from indexer.schema import EMBEDDING_DIM, Product
@@ -62,11 +61,8 @@ from indexer.store import Filters, ScoredId, check_rebuild, check_vectors
 
 logger = logging.getLogger(__name__)
 
-_MAX_REPORTED_ERRORS = 10
 #: How long a read encoder stamp is trusted, so a per-query `check_encoder` costs no request.
 STAMP_RECHECK_SECONDS = 1.0
-#: The most distinct brands `brand_counts` reads (more are not counted).
-BRAND_BUCKETS = 50_000
 
 
 class OpenSearchStore:
@@ -97,44 +93,11 @@ class OpenSearchStore:
         if self._client is None:
             with self._lock:
                 if self._client is None:
-                    self._client = self._connect()
+                    self._client = connect(self.settings)
         return self._client
 
-    def _connect(self) -> OpenSearch:
-        s = self.settings
-        auth = None
-        if s.opensearch_username is not None:
-            password = s.opensearch_password.get_secret_value() if s.opensearch_password else ""
-            auth = (s.opensearch_username, password)
-        return OpenSearch(
-            hosts=[self.url],
-            http_auth=auth,
-            verify_certs=s.opensearch_verify_certs,
-            ca_certs=str(s.opensearch_ca_certs) if s.opensearch_ca_certs else None,
-            timeout=s.opensearch_timeout_s,
-            max_retries=1,
-            retry_on_timeout=False,
-        )
-
-    @contextmanager
-    def _translated(self, action: str) -> Iterator[None]:
-        """Turn client exceptions into indexer errors that name the URL and the alias."""
-        try:
-            yield
-        except opensearchpy.ConnectionError as e:
-            raise StoreUnavailableError(
-                f"OpenSearch at {self.url} is unreachable while trying to {action}: {e.info}"
-            ) from e
-        except opensearchpy.NotFoundError as e:
-            raise IndexNotFoundError(
-                f"OpenSearch at {self.url} has no index or alias {self.alias!r} "
-                f"(run `shoprank reindex --store opensearch --catalog PATH`)"
-            ) from e
-        except opensearchpy.TransportError as e:
-            raise StoreError(
-                f"OpenSearch at {self.url} refused to {action} on {self.alias!r}: "
-                f"{e.status_code} {e.error}"
-            ) from e
+    def _translated(self, action: str) -> AbstractContextManager[None]:
+        return translated_errors(self.url, self.alias, action)
 
     # -- reading -------------------------------------------------------------------------
 
@@ -175,21 +138,9 @@ class OpenSearchStore:
     def brand_counts(self) -> dict[str, int]:
         """A terms aggregation over the (lower-cased) brand keyword; products without a brand
         count under ""."""
-        body = {
-            "size": 0,
-            "aggs": {
-                "brands": {"terms": {"field": "brand", "size": BRAND_BUCKETS}},
-                "none": {"missing": {"field": "brand"}},
-            },
-        }
         with self._translated("count brands"):
-            response = self.client.search(index=self.alias, body=body)
-        aggregations = response["aggregations"]
-        counts = {str(bucket["key"]): int(bucket["doc_count"])
-                  for bucket in aggregations["brands"]["buckets"]}
-        if aggregations["none"]["doc_count"]:
-            counts[""] = counts.get("", 0) + int(aggregations["none"]["doc_count"])
-        return counts
+            response = self.client.search(index=self.alias, body=build_brand_counts_query())
+        return read_brand_counts(response)
 
     def get(self, product_id: str) -> Product | None:
         return self.get_many([product_id]).get(product_id)
@@ -265,20 +216,16 @@ class OpenSearchStore:
         with self._translated("index products"):
             target = self._serving_index()
             self._ensure_stock_field()
-            self._bulk(
-                build_bulk_actions(target, products, vectors, title_vectors), target, refresh=True
-            )
+            actions = build_bulk_actions(target, products, vectors, title_vectors)
+            send_bulk(self.client, actions, target, refresh=True)
         return len(products)
 
     def delete(self, product_ids: Sequence[str]) -> int:
         """Remove products; returns how many existed."""
         with self._translated("delete products"):
             target = self._serving_index()
-            actions = [
-                {"_op_type": "delete", "_index": target, "_id": pid}
-                for pid in dict.fromkeys(product_ids)
-            ]
-            missing = self._bulk(actions, target, refresh=True, tolerated=(404,))
+            actions = build_delete_actions(target, product_ids)
+            missing = send_bulk(self.client, actions, target, refresh=True, tolerated=(404,))
         return len(actions) - missing
 
     def _ensure_stock_filterable(self, filters: Filters | None) -> None:
@@ -310,8 +257,8 @@ class OpenSearchStore:
             self.client, index=index, _source=[RECORD_FIELD], seq_no_primary_term=True,
             query={"query": {"match_all": {}}},
         )
-        skipped = self._bulk(build_stock_backfill(index, hits), index, refresh=True,
-                             tolerated=(404, 409))
+        skipped = send_bulk(self.client, build_stock_backfill(index, hits), index, refresh=True,
+                            tolerated=(404, 409))
         logger.info("filled in %s on %s (%d products rewritten or deleted meanwhile left as "
                     "they are)", STOCK_FIELD, index, skipped)
 
@@ -343,7 +290,8 @@ class OpenSearchStore:
             meta = build_version_meta(len(products), metadata, encoder)
             self.client.indices.create(index=version, body=build_index_body(layout, meta))
             try:
-                self._bulk(build_bulk_actions(version, products, vectors, title_vectors), version)
+                actions = build_bulk_actions(version, products, vectors, title_vectors)
+                send_bulk(self.client, actions, version)
                 self.client.indices.refresh(index=version)
                 indexed = int(self.client.count(index=version)["count"])
                 if indexed != len(products):
@@ -367,47 +315,6 @@ class OpenSearchStore:
             logger.info("alias %s now serves %s (%d products)", self.alias, version, indexed)
             self._prune()
         return version
-
-    def _bulk(
-        self,
-        actions: Iterable[dict[str, Any]],
-        index: str,
-        *,
-        refresh: bool = False,
-        tolerated: Sequence[int] = (),
-    ) -> int:
-        """Send actions with retries on 429; raise listing the items that failed.
-
-        Returns how many items failed with a ``tolerated`` status (404: a delete found nothing;
-        409: a conditional update lost to a newer write).
-        """
-        errors: list[str] = []
-        failed = skipped = 0
-        for ok, item in helpers.streaming_bulk(
-            self.client,
-            actions,
-            chunk_size=500,
-            max_retries=5,
-            initial_backoff=1,
-            raise_on_error=False,
-            yield_ok=False,
-            refresh=refresh,
-        ):
-            if ok:
-                continue
-            detail = next(iter(item.values()))
-            if detail.get("status") in tolerated:
-                skipped += 1
-                continue
-            failed += 1
-            if len(errors) < _MAX_REPORTED_ERRORS:
-                errors.append(f"{detail.get('_id')}: {detail.get('error')}")
-        if failed:
-            listed = "\n  ".join(errors)
-            raise StoreError(
-                f"{failed} product(s) failed in a bulk request to {index}:\n  {listed}"
-            )
-        return skipped
 
     def _aliased_indices(self) -> list[str]:
         if not self.client.indices.exists_alias(name=self.alias):

@@ -10,8 +10,10 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from indexer.encoder import PACKAGED_IDENTITY, BiEncoder, EncoderStamp
+from indexer.encoder import BiEncoder
+from indexer.encoder_stamp import EncoderStamp
 from indexer.errors import DimensionMismatchError, EncoderMismatchError, StoreError
+from indexer.model_files import PACKAGED_IDENTITY
 from indexer.schema import Product
 
 RetrievalMode = Literal["bm25", "vector", "hybrid"]

@@ -35,7 +35,7 @@ from plugin.evaluate import (
     summary,
 )
 from plugin.export_cli import export_app
-from plugin.fairness_eval import FairnessSetup, fairness_setup
+from plugin.fairness.evaluation import FairnessSetup, fairness_setup
 from plugin.models import FairnessPolicy, SearchRequest, SearchResponse
 from plugin.pipeline import SearchPipeline
 from plugin.settings import Settings

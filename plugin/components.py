@@ -5,14 +5,16 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from indexer.encoder import MODEL_CARD, BiEncoder, folder_digest
+from indexer.encoder import BiEncoder
 from indexer.errors import IndexerError
 from indexer.local_store import LocalStore
-from indexer.onnx_encoder import EXPORT_FORMAT, ONNX_CARD
+from indexer.model_files import MODEL_CARD, folder_digest
+from indexer.onnx_files import EXPORT_FORMAT, ONNX_CARD
 from indexer.opensearch_store import OpenSearchStore
 from indexer.settings import IndexerSettings
 from indexer.store import VectorStore
 from plugin.errors import PluginError
+from plugin.fairness.exposure_store import InMemoryExposureStore
 from plugin.pipeline import SearchPipeline
 from plugin.search_plan import FinalRankers, SearchSettings
 from plugin.session_store import InMemorySessionStore, SessionStore
@@ -20,7 +22,6 @@ from plugin.settings import Settings
 from reranker.base import NoReranker, Reranker
 from reranker.cross_encoder import DEFAULT_MAX_LENGTH, InProcessCrossEncoder, read_model_card
 from reranker.errors import RerankerError
-from reranker.exposure_store import InMemoryExposureStore
 from reranker.ltr import LinearRanker
 
 logger = logging.getLogger(__name__)

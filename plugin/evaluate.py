@@ -5,8 +5,8 @@
   ESCI), which isolates ranking quality from retrieval and unjudged products.
 
 Every stage is compared with the first one by a paired bootstrap over queries. With a fairness
-policy (`plugin.fairness_eval`) each stage's ranking is also reordered by the policy and the fair
-ranking is scored against the unconstrained one, on relevance and on fairness.
+policy (`plugin.fairness.evaluation`) each stage's ranking is also reordered by the policy and
+the fair ranking is scored against the unconstrained one, on relevance and on fairness.
 """
 
 from __future__ import annotations
@@ -21,7 +21,12 @@ from indexer.fusion import reciprocal_rank_fusion
 from indexer.retrieval import Candidate
 from indexer.schema import Product, product_to_text
 from indexer.store import RetrievalMode, check_encoder
-from plugin.fairness_eval import FairnessSetup, StageFairness, evaluate_fairness, fairness_markdown
+from plugin.fairness.evaluation import (
+    FairnessSetup,
+    StageFairness,
+    evaluate_fairness,
+    fairness_markdown,
+)
 from plugin.final_stage import (
     QueryCandidates,
     RetrievedLists,
@@ -241,7 +246,7 @@ def evaluate_stages(
     uses the pipeline's own final stage and ``tuned-hybrid`` is refused. ``tuned-vector`` is
     vector retrieval through ``tuned_encoder``, a pipeline over an index that a tuned
     bi-encoder wrote. With ``fairness`` every stage's ranking is also reordered by its policy
-    and compared with the unconstrained one (`plugin.fairness_eval.evaluate_fairness`).
+    and compared with the unconstrained one (`plugin.fairness.evaluation.evaluate_fairness`).
     """
     judged = {qid: qrels[qid] for qid in queries if qid in qrels}
     if any(stage != "bm25" for stage in stages):

@@ -24,7 +24,7 @@ QueryText = Annotated[
 
 
 class FairnessPolicy(BaseModel):
-    """A request's fairness step (see `plugin.fairness_stage`). Unknown fields are rejected."""
+    """A request's fairness step (see `plugin.fairness.stage`). Unknown fields are rejected."""
 
     model_config = ConfigDict(extra="forbid")
 

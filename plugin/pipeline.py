@@ -12,6 +12,7 @@ from indexer.schema import product_to_text
 from indexer.store import VectorStore
 from plugin.counters import Counters
 from plugin.errors import PluginError
+from plugin.fairness.exposure_store import ExposureStore, InMemoryExposureStore
 from plugin.models import Explanation, SearchHit, SearchRequest, SearchResponse, StageScores
 from plugin.post_processors import (
     DemoteOutOfStock,
@@ -26,8 +27,6 @@ from plugin.ranked import RankedItem
 from plugin.search_plan import FinalRankers, SearchPlan, SearchSettings, plan_search
 from plugin.session_store import InMemorySessionStore, SessionStore
 from reranker.base import Reranker
-from reranker.exposure_store import InMemoryExposureStore
-from reranker.fairness import ExposureStore
 from reranker.ltr import LinearRanker
 
 

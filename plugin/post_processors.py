@@ -17,13 +17,13 @@ import numpy.typing as npt
 
 from indexer.store import VectorStore
 from plugin.counters import Counters
-from plugin.fairness_stage import apply_fairness
+from plugin.fairness.exposure_store import ExposureStore
+from plugin.fairness.stage import apply_fairness
 from plugin.models import FairnessSummary, SearchRequest
 from plugin.personalization import personal_terms, rescaled
 from plugin.ranked import RankedItem, comparable_scores
 from plugin.search_plan import SearchPlan
 from plugin.session_store import SessionStore, SessionStoreError
-from reranker.fairness import ExposureStore
 
 logger = logging.getLogger(__name__)
 
@@ -102,7 +102,7 @@ class Personalize:
 
 
 class Fairness:
-    """Reorders the ranking under the plan's fairness policy (`plugin.fairness_stage`), noting
+    """Reorders the ranking under the plan's fairness policy (`plugin.fairness.stage`), noting
     each move on the item it moved. The only caller of the fairness code in the query path."""
 
     timing = "postprocess"

@@ -22,10 +22,11 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 # Re-exported: the adapter and card file names, and the base a LoRA artifact names.
-from indexer.encoder import ADAPTER_CONFIG as ADAPTER_CONFIG
-from indexer.encoder import MODEL_CARD as MODEL_CARD
-from indexer.encoder import PACKAGED_BASE as PACKAGED_BASE
-from indexer.encoder import packaged_model_path, prepare_offline_loading
+from indexer.model_files import ADAPTER_CONFIG as ADAPTER_CONFIG
+from indexer.model_files import MODEL_CARD as MODEL_CARD
+from indexer.model_files import PACKAGED_BASE as PACKAGED_BASE
+from indexer.model_files import packaged_model_path
+from indexer.model_loading import prepare_offline_loading
 from reranker.errors import CheckpointError
 
 if TYPE_CHECKING:

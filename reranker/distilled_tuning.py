@@ -132,7 +132,7 @@ def train_distilled(
         versions={name: version(name) for name in _LIBRARIES},
         created_at=_now(),
     )
-    from indexer.encoder import MODEL_CARD
+    from indexer.model_files import MODEL_CARD
 
     (out / MODEL_CARD).write_text(card.model_dump_json(indent=2) + "\n", encoding="utf-8")
     (out / "README.md").write_text(render_card(

@@ -27,13 +27,13 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field
 
-from indexer.encoder import (
+from indexer.errors import IndexerError
+from indexer.model_files import packaged_model_path
+from indexer.model_loading import (
     hf_transformer,
     load_sentence_transformer,
-    packaged_model_path,
     prepare_offline_loading,
 )
-from indexer.errors import IndexerError
 from indexer.schema import Product
 from reranker.cross_encoder import TunedModelCard, portable_adapter_config
 from reranker.errors import TuningError

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from indexer.encoder import prepare_offline_loading
+from indexer.model_loading import prepare_offline_loading
 from reranker.cross_encoder import inner_model, packaged_cross_encoder, portable_adapter_config
 from reranker.distillation import DistillGroup, batches
 from reranker.errors import TuningError

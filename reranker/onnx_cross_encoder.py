@@ -16,15 +16,8 @@ import numpy as np
 
 from indexer.batching import length_batches
 from indexer.errors import IndexerError
-from indexer.onnx_encoder import (
-    OnnxCard,
-    Precision,
-    load_tokenizer,
-    open_session,
-    ort_errors,
-    padded_inputs,
-    read_onnx_card,
-)
+from indexer.onnx_files import OnnxCard, Precision, read_onnx_card
+from indexer.onnx_session import load_tokenizer, open_session, ort_errors, padded_inputs
 from reranker.errors import CheckpointError, RerankerError
 
 if TYPE_CHECKING:

@@ -23,14 +23,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from indexer.errors import IndexerError
-from indexer.onnx_encoder import (
-    INT8_MODEL,
-    ONNX_MODEL,
-    export_transformer,
-    quantize_int8,
-    staged_folder,
-    write_card,
-)
+from indexer.onnx_files import INT8_MODEL, ONNX_MODEL, staged_folder, write_card
+from indexer.onnx_graph import export_transformer, quantize_int8
 from reranker.cross_encoder import MODEL_CARD, InProcessCrossEncoder, inner_model
 from reranker.errors import CheckpointError
 from reranker.triton_export import check_checkpoint

@@ -17,7 +17,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
 
-from indexer.encoder import MODEL_CARD
+from indexer.model_files import MODEL_CARD
 from indexer.schema import Product, product_to_text
 from reranker.cross_encoder import ADAPTER_WEIGHTS, TunedModelCard
 from reranker.errors import TuningError

@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
-from indexer.encoder import packaged_model_path, prepare_offline_loading
+from indexer.model_files import packaged_model_path
+from indexer.model_loading import prepare_offline_loading
 from reranker.cross_encoder import DEFAULT_MAX_LENGTH, read_model_card
 from reranker.errors import RerankerError, RerankerUnavailableError
 from reranker.triton_contract import INPUTS, MAX_PAIRS, MAX_SEQUENCE_LENGTH, MODEL_NAME, OUTPUT

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from indexer.encoder import prepare_offline_loading
+from indexer.model_loading import prepare_offline_loading
 from indexer.schema import Product
 from reranker.cross_encoder import (
     TunedModelCard,

@@ -7,16 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from indexer.encoder import (
+from indexer.encoder import BiEncoder
+from indexer.encoder_stamp import EncoderStamp, encoder_fingerprint
+from indexer.errors import IndexerError
+from indexer.model_files import (
     ADAPTER_CONFIG,
     PACKAGED_BASE,
     PACKAGED_IDENTITY,
-    BiEncoder,
-    EncoderStamp,
-    encoder_fingerprint,
     packaged_model_path,
 )
-from indexer.errors import IndexerError
 from tests.indexer.encoder_factories import fake_model
 
 

@@ -9,18 +9,14 @@ import numpy as np
 import pytest
 
 from indexer import onnx_encoder
-from indexer.encoder import BiEncoder, EncoderStamp, packaged_model_path
+from indexer.encoder import BiEncoder
+from indexer.encoder_stamp import EncoderStamp
 from indexer.errors import IndexerError
-from indexer.onnx_encoder import (
-    INT8_MODEL,
-    ONNX_CARD,
-    ONNX_MODEL,
-    OnnxQueryEncoder,
-    export_bi_encoder,
-    mean_pool_normalize,
-    query_export_folder,
-)
+from indexer.model_files import packaged_model_path
+from indexer.onnx_encoder import OnnxQueryEncoder, export_bi_encoder, query_export_folder
+from indexer.onnx_files import INT8_MODEL, ONNX_CARD, ONNX_MODEL
 from indexer.settings import IndexerSettings
+from indexer.vectors import mean_pool_normalize
 from plugin.components import build_encoder
 
 QUERIES = [

@@ -5,11 +5,13 @@ from __future__ import annotations
 import numpy as np
 
 from indexer.analysis import STOPWORDS
-from indexer.encoder import EncoderStamp
+from indexer.encoder_stamp import EncoderStamp
 from indexer.opensearch_queries import (
     IndexLayout,
     build_alias_swap,
     build_bm25_query,
+    build_brand_counts_query,
+    build_delete_actions,
     build_document,
     build_filter_clauses,
     build_index_body,
@@ -17,6 +19,7 @@ from indexer.opensearch_queries import (
     build_stock_backfill,
     build_version_meta,
     cosine_from_score,
+    read_brand_counts,
     version_meta,
 )
 from indexer.store import Filters
@@ -105,6 +108,24 @@ def test_stock_backfill_updates_only_known_stock_and_only_unchanged_documents() 
     ]
     assert actions[0] == {"_op_type": "update", "_index": "shop-v1", "_id": "a",
                           "if_seq_no": 7, "if_primary_term": 2, "doc": {"in_stock": False}}
+
+
+def test_delete_actions_name_each_id_once() -> None:
+    actions = build_delete_actions("idx-v1", ["a", "b", "a"])
+    assert [action["_id"] for action in actions] == ["a", "b"]
+    assert all(a["_op_type"] == "delete" and a["_index"] == "idx-v1" for a in actions)
+
+
+def test_brand_counts_add_products_without_a_brand_under_the_empty_name() -> None:
+    body = build_brand_counts_query()
+    assert body["size"] == 0 and body["aggs"]["brands"]["terms"]["field"] == "brand"
+    response = {"aggregations": {
+        "brands": {"buckets": [{"key": "acme", "doc_count": 3}, {"key": "zeta", "doc_count": 1}]},
+        "none": {"doc_count": 2},
+    }}
+    assert read_brand_counts(response) == {"acme": 3, "zeta": 1, "": 2}
+    response["aggregations"]["none"]["doc_count"] = 0
+    assert read_brand_counts(response) == {"acme": 3, "zeta": 1}
 
 
 def test_alias_swap_is_one_request() -> None:

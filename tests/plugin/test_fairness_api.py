@@ -13,10 +13,10 @@ from indexer.encoder import BiEncoder
 from indexer.indexing import index_products
 from indexer.local_store import LocalStore
 from plugin.api import create_app
+from plugin.fairness.metrics import fair_table
 from plugin.pipeline import SearchPipeline
 from plugin.search_plan import SearchSettings
 from plugin.settings import Settings
-from reranker.fairness_metrics import fair_table
 from tests.conftest import make_product
 
 

@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from indexer.encoder import BiEncoder, packaged_model_path
+from indexer.encoder import BiEncoder
 from indexer.indexing import index_products
 from indexer.local_store import LocalStore
+from indexer.model_files import packaged_model_path
 from indexer.schema import Product, product_to_text
 from plugin.models import SearchRequest
 from plugin.pipeline import SearchPipeline

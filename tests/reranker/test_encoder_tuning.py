@@ -9,10 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from indexer.encoder import ADAPTER_CONFIG, PACKAGED_BASE, BiEncoder
+from indexer.encoder import BiEncoder
 from indexer.errors import EncoderMismatchError
 from indexer.indexing import index_products, upsert_products
 from indexer.local_store import LocalStore
+from indexer.model_files import ADAPTER_CONFIG, PACKAGED_BASE
 from indexer.schema import Product
 from indexer.store import check_encoder
 from reranker.cross_encoder import read_model_card

@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 from scipy.stats import spearmanr
 
 from indexer.batching import length_batches, padded_tokens
-from indexer.encoder import packaged_model_path
-from indexer.onnx_encoder import INT8_MODEL, ONNX_CARD, ONNX_MODEL
+from indexer.model_files import packaged_model_path
+from indexer.onnx_files import INT8_MODEL, ONNX_CARD, ONNX_MODEL
 from indexer.schema import Product, product_to_text
 from reranker.base import Reranker
 from reranker.cross_encoder import InProcessCrossEncoder, inner_model, packaged_cross_encoder

@@ -13,7 +13,7 @@ from indexer.local_store import LocalStore
 from indexer.schema import Product
 from plugin.cli import app
 from plugin.evaluate import evaluate_stages, markdown, summary
-from plugin.fairness_eval import evaluate_fairness, fairness_measures, fairness_setup
+from plugin.fairness.evaluation import evaluate_fairness, fairness_measures, fairness_setup
 from plugin.models import FairnessPolicy
 from plugin.pipeline import SearchPipeline
 from reranker.evaluation import evaluate_run

@@ -1,18 +1,18 @@
 """Fairness next to relevance in ``shoprank eval``: a policy applied to a stage's ranking.
 
-The fairness step of the search API (`plugin.fairness_stage.post_processor`) reorders each
+The fairness step of the search API (`plugin.fairness.stage.post_processor`) reorders each
 query's ranking of an evaluated stage; the report compares the fair ranking with the
 unconstrained one on relevance and on fairness:
 
 - nDCG@k (plain and judged-only) of the fair ranking and its change against the unconstrained
   ranking, with paired-bootstrap 95% CIs;
 - the FA*IR pass rate at the policy's p and alpha: the share of queries whose top k passes
-  the adjusted table (`reranker.fairness_metrics.fair_table`), over the queries whose
+  the adjusted table (`plugin.fairness.metrics.fair_table`), over the queries whose
   candidates hold enough protected items to pass at all (m(k) of the table), counted apart;
 - the group exposure ratio: mean exposure ``1 / log2(1 + rank)`` per protected candidate over
   mean exposure per other candidate, ranks beyond k weighing 0, pooled over queries (1: equal
   attention per item; below 1: protected items are seen less);
-- AWRF as TREC Fair Ranking 2022 task 1 computed it (`reranker.fairness_metrics.awrf`, natural
+- AWRF as TREC Fair Ranking 2022 task 1 computed it (`plugin.fairness.metrics.awrf`, natural
   logarithm) over the top k with two groups, protected and other, and the target ``(p, 1 - p)``,
   averaged over queries;
 - the added latency: p50 and p95 microseconds per query of the fairness step (building the
@@ -22,7 +22,8 @@ unconstrained one on relevance and on fairness:
 Protected groups are the policy's ``protected`` list or, with ``protected_share_below``, the
 groups holding less than that share of the whole catalog's products, matched case-folded as
 the search API matches them. Products without a value in the group field
-(`reranker.fairness.NO_GROUP`) are never protected by the rule; list "(none)" to protect them.
+(`plugin.fairness.items.NO_GROUP`) are never protected by the rule; list "(none)" to protect
+them.
 """
 
 from __future__ import annotations
@@ -36,7 +37,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from indexer.schema import Product
-from plugin.fairness_stage import group_key, named_group, post_processor, relevance_of
+from plugin.fairness.amortized import AmortizedExposure
+from plugin.fairness.exposure_store import InMemoryExposureStore
+from plugin.fairness.items import NO_GROUP, FairnessItem, FairnessResult, group_of, rare_groups
+from plugin.fairness.metrics import awrf, fair_pass_rate, fair_table, group_exposure
+from plugin.fairness.stage import group_key, named_group, post_processor, relevance_of
 from plugin.models import FairnessPolicy
 from reranker.evaluation import (
     EvalReport,
@@ -46,16 +51,6 @@ from reranker.evaluation import (
     evaluate_run,
     paired_bootstrap,
 )
-from reranker.exposure_store import InMemoryExposureStore
-from reranker.fairness import (
-    NO_GROUP,
-    AmortizedExposure,
-    FairnessItem,
-    FairnessResult,
-    group_of,
-    rare_groups,
-)
-from reranker.fairness_metrics import awrf, fair_pass_rate, fair_table, group_exposure
 
 PROTECTED, OTHER = "protected", "other"
 

@@ -1,8 +1,8 @@
 """Fairness measures for rankings: the FA*IR test, group exposure, AWRF and the nDCG cost.
 
 The functions take plain sequences (group names, protected flags, gains), so they measure any
-ranking, also one this project did not produce. `reranker.fairness` builds its post-processors
-on them, which keeps one definition of each measure.
+ranking, also one this project did not produce. The post-processors (`plugin.fairness.policies`,
+`plugin.fairness.amortized`) build on them, which keeps one definition of each measure.
 
 Two position weights appear, on purpose:
 

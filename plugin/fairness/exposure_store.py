@@ -1,7 +1,8 @@
-"""`InMemoryExposureStore`: the embedded `reranker.fairness.ExposureStore`.
+"""Where amortized fairness keeps its window: the `ExposureStore` protocol and its twin.
 
-It keeps the last ``window`` queries' exposure records per key and their running sums, so
-reading the window's totals costs O(groups), not O(window x groups), on every search.
+`InMemoryExposureStore` is the embedded implementation. It keeps the last ``window`` queries'
+exposure records per key and their running sums, so reading the window's totals costs
+O(groups), not O(window x groups), on every search.
 """
 
 from __future__ import annotations
@@ -9,8 +10,25 @@ from __future__ import annotations
 import threading
 from collections import deque
 from collections.abc import Mapping
+from typing import Protocol
 
-from reranker.fairness_metrics import ExposureTotals
+from plugin.fairness.metrics import ExposureTotals
+
+
+class ExposureStore(Protocol):
+    """Where `AmortizedExposure` keeps what each group received over the last W queries.
+
+    ``key`` separates policies (or shops). Values are plain floats per group so a remote store
+    (Redis) can keep each query's record as JSON; the in-process twin is
+    `InMemoryExposureStore`.
+    """
+
+    def get(self, key: str) -> ExposureTotals: ...
+
+    def update(
+        self, key: str, exposure: Mapping[str, float], relevance: Mapping[str, float]
+    ) -> None: ...
+
 
 #: A running total this close to zero is a group that left the window.
 _ZERO = 1e-12

@@ -10,7 +10,7 @@ import pytest
 from scipy.spatial.distance import jensenshannon
 from scipy.stats import binom
 
-from reranker.fairness_metrics import (
+from plugin.fairness.metrics import (
     ExposureTotals,
     amortized_unfairness,
     awrf,

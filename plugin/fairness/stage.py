@@ -1,6 +1,7 @@
 """The fairness step of a search: a request's `FairnessPolicy` applied to the ranked items.
 
-The post-processors themselves live in `reranker.fairness`; this module builds one from a
+This is what the search pipeline calls. The post-processors themselves live in
+`plugin.fairness.policies` and `plugin.fairness.amortized`; this module builds one from a
 policy, hands it the ranked items, and returns them in the new order with each move's reason.
 Groups come from a product field (brand by default, or the top-level category). The protected
 groups are the policy's explicit list, or, by rule, the brands holding less than a share of
@@ -15,16 +16,12 @@ from dataclasses import dataclass
 
 from indexer.analysis import analyze
 from indexer.schema import Product
-from plugin.models import FairnessPolicy, FairnessSummary
-from reranker.fairness import (
+from plugin.fairness.amortized import AmortizedExposure
+from plugin.fairness.exposure_store import ExposureStore
+from plugin.fairness.items import (
     NO_GROUP,
-    AmortizedExposure,
-    ExposureParity,
-    ExposureStore,
     FairnessItem,
     FairnessResult,
-    FairTopK,
-    GroupCap,
     GroupKey,
     Move,
     PostProcessor,
@@ -33,6 +30,8 @@ from reranker.fairness import (
     group_of,
     rare_groups,
 )
+from plugin.fairness.policies import ExposureParity, FairTopK, GroupCap
+from plugin.models import FairnessPolicy, FairnessSummary
 
 
 @dataclass(frozen=True)

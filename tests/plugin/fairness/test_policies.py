@@ -10,27 +10,25 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from reranker.exposure_store import InMemoryExposureStore
-from reranker.fairness import (
+from plugin.fairness.amortized import AmortizedExposure
+from plugin.fairness.exposure_store import InMemoryExposureStore
+from plugin.fairness.items import (
     NO_GROUP,
-    AmortizedExposure,
-    ExposureParity,
     FairnessItem,
     FairnessResult,
-    FairTopK,
-    GroupCap,
     PostProcessor,
     group_counts,
     make_items,
     rare_groups,
 )
-from reranker.fairness_metrics import (
+from plugin.fairness.metrics import (
     amortized_unfairness,
     fair_table,
     fair_violation,
     gain_ndcg,
     sum_totals,
 )
+from plugin.fairness.policies import ExposureParity, FairTopK, GroupCap
 from tests.conftest import make_product
 
 PROPERTIES = settings(max_examples=100, deadline=None)
