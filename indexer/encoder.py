@@ -196,6 +196,14 @@ class BiEncoder:
             while len(self._cache) > self._cache_size:
                 self._cache.popitem(last=False)
 
+    def load_query_model(self) -> None:
+        """Load what `encode_query` runs unless it is loaded (the torch model, or the ONNX
+        export and its session), so that loading can be timed apart from encoding."""
+        if self.query_backend == "torch":
+            self.model  # noqa: B018  (the property loads it)
+        else:
+            self.onnx_query_encoder.load()
+
     def clear_cache(self) -> None:
         with self._cache_lock:
             self._cache.clear()

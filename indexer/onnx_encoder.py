@@ -107,6 +107,10 @@ class OnnxQueryEncoder:
         self._state: tuple[InferenceSession, Tokenizer] | None = None
         self._lock = threading.Lock()
 
+    def load(self) -> None:
+        """Open the session and the tokenizer now rather than on the first encode."""
+        self._loaded()
+
     def _loaded(self) -> tuple[InferenceSession, Tokenizer]:
         if self._state is None:
             with self._lock:

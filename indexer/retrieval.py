@@ -139,15 +139,11 @@ class HybridRetriever:
 
 
 def load_query_model(encoder: BiEncoder) -> None:
-    """Load what ``encoder.encode_query`` runs unless it is loaded, so that loading is timed
-    apart from encoding: the torch model, or the ONNX export (its session opens on first use).
-    Encoders of other kinds (test doubles) load nothing here."""
-    if not isinstance(encoder, BiEncoder):
-        return
-    if encoder.query_backend == "torch":
-        encoder.model  # noqa: B018  (the property loads it)
-    else:
-        encoder.onnx_query_encoder  # noqa: B018
+    """Load what ``encoder.encode_query`` runs unless it is loaded (`BiEncoder.load_query_model`),
+    so that loading is timed apart from encoding. Encoders of other kinds (test doubles) load
+    nothing here."""
+    if isinstance(encoder, BiEncoder):
+        encoder.load_query_model()
 
 
 def retrieve(

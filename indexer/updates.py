@@ -15,10 +15,7 @@ def update_product(store: VectorStore, before: Product, after: Product, encoder:
 
     Price and stock are not part of `product_to_text`: when only such fields change, the stored
     vectors still describe the product, so they are kept and the encoder is not run. Returns
-    whether the product was re-embedded.
-
-    >>> update_product(store, product, product.model_copy(update={"price": 9.5}), encoder)
-    False
+    whether the product was re-embedded: a price change alone returns False.
     """
     stored = store.vectors([after.id]).get(after.id)
     if stored is None or product_to_text(after) != product_to_text(before):

@@ -9,3 +9,7 @@ class PluginError(Exception):
 
 class RerankNotConfiguredError(PluginError):
     """A request asked for reranking but the server runs without a reranker."""
+
+
+class UnknownProductError(PluginError):
+    """The product asked about is not in the serving index."""

@@ -13,13 +13,9 @@ import numpy as np
 import numpy.typing as npt
 
 from indexer.store import Filters, VectorStore
-from plugin.errors import PluginError
+from plugin.errors import PluginError, UnknownProductError
 from plugin.models import RecommendedItem
 from plugin.session_store import SessionState
-
-
-class UnknownProductError(PluginError):
-    """The product asked about is not in the serving index."""
 
 
 class NoHistoryError(PluginError):

@@ -25,9 +25,8 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
 from indexer.errors import IndexerError
-from plugin.errors import RerankNotConfiguredError
+from plugin.errors import RerankNotConfiguredError, UnknownProductError
 from plugin.events import EventValidationError
-from plugin.recommend import UnknownProductError
 from plugin.session_store import SessionStoreError
 from reranker.errors import RerankerError
 

@@ -16,8 +16,8 @@ from indexer.schema import Product
 from indexer.updates import update_product
 from plugin.api.dependencies import ADMIN, PipelineDep
 from plugin.api.error_handlers import request_validation_error
+from plugin.errors import UnknownProductError
 from plugin.pipeline import SearchPipeline
-from plugin.recommend import UnknownProductError
 
 router = APIRouter()
 
