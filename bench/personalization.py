@@ -240,8 +240,7 @@ def open_catalog(name: str, data: Path) -> CatalogRun:
     pipeline = build_pipeline(settings)
     if not pipeline.store.exists():
         print(f"building index eval-{name} (first run only)", file=sys.stderr, flush=True)
-        reindex_catalog(pipeline.store, folder / "products.jsonl.gz", pipeline.encoder,
-                        progress=True)
+        reindex_catalog(pipeline.store, folder / "products.jsonl.gz", pipeline.encoder)
     products = {
         p.id: ProductFacts(p.brand, p.price)
         for p in load_catalog(folder / "products.jsonl.gz").products

@@ -76,8 +76,7 @@ def main() -> None:
     settings = Settings(index=f"eval-{args.set}", final_ranker="none", reranker="none")
     pipeline = build_pipeline(settings)
     if not pipeline.store.exists():
-        reindex_catalog(pipeline.store, folder / "products.jsonl.gz", pipeline.encoder,
-                        progress=True)
+        reindex_catalog(pipeline.store, folder / "products.jsonl.gz", pipeline.encoder)
     judged = {q: t for q, t in queries.items() if q in qrels}
     qids = sorted(judged)
     folds = folds_of(qids, args.folds, args.seed)

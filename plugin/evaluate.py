@@ -28,15 +28,18 @@ from plugin.fairness.evaluation import (
     fairness_markdown,
 )
 from plugin.final_stage import (
+    FusionParameters,
     QueryCandidates,
     RetrievedLists,
     collect_candidates,
-    cross_validated_final,
-    cross_validated_fusion,
+    fit_final_stage,
     folds_of,
+    fused,
     retrieved_lists,
     stored_embeddings,
+    tune_fusion,
 )
+from plugin.folds import FoldCallback, per_fold
 from plugin.models import MAX_K, MAX_QUERY_CHARS, NO_FAIRNESS, SearchRequest
 from plugin.pipeline import SearchPipeline
 from reranker.evaluation import (
@@ -197,8 +200,10 @@ def _cross_validated(
     stage: Stage,
     cv: CrossValidation,
     *,
+    k: int,
     gains: Gains | None,
     pools: Mapping[str, _Pool] | None,
+    on_fold: FoldCallback | None,
 ) -> tuple[dict[str, list[str]], str]:
     folds = folds_of(list(queries), cv.folds, cv.seed)
     if stage == "tuned-hybrid":
@@ -206,7 +211,13 @@ def _cross_validated(
             lists: RetrievedLists = retrieved_lists(pipeline, queries)
         else:
             lists = {qid: (pool.lexical, pool.semantic) for qid, pool in pools.items()}
-        run, chosen = cross_validated_fusion(lists, qrels, folds, gains=gains)
+        chosen: list[FusionParameters] = []
+
+        def fuse(train: list[str], test: Sequence[str]) -> dict[str, list[str]]:
+            chosen.append(tune_fusion(lists, qrels, train, gains=gains))
+            return {qid: fused(lists[qid], chosen[-1]) for qid in test}
+
+        run = per_fold(folds, fuse, stage, qrels, k=k, gains=gains, on_fold=on_fold)
         return run, "fold parameters (k, window, bm25 weight): " + "; ".join(
             f"{p.k}/{p.window}/{p.bm25_weight}" for p in chosen
         )
@@ -221,7 +232,12 @@ def _cross_validated(
             )
             for qid, pool in pools.items()
         }
-    run = cross_validated_final(collected, qrels, folds, gains=gains, with_cross_encoder=with_ce)
+
+    def rank(train: list[str], test: Sequence[str]) -> dict[str, list[str]]:
+        ranker = fit_final_stage(collected, qrels, train, gains=gains, with_cross_encoder=with_ce)
+        return {qid: collected[qid].ranked_by(ranker) for qid in test}
+
+    run = per_fold(folds, rank, stage, qrels, k=k, gains=gains, on_fold=on_fold)
     return run, "linear final stage fitted per fold" + (" with the cross-encoder score" * with_ce)
 
 
@@ -238,6 +254,7 @@ def evaluate_stages(
     cross_validation: CrossValidation | None = None,
     tuned_encoder: SearchPipeline | None = None,
     fairness: FairnessSetup | None = None,
+    on_fold: FoldCallback | None = None,
 ) -> list[StageResult]:
     """Run and score each stage; stages after the first get a paired CI against it.
 
@@ -247,6 +264,7 @@ def evaluate_stages(
     vector retrieval through ``tuned_encoder``, a pipeline over an index that a tuned
     bi-encoder wrote. With ``fairness`` every stage's ranking is also reordered by its policy
     and compared with the unconstrained one (`plugin.fairness.evaluation.evaluate_fairness`).
+    ``on_fold`` hears of each cross-validation fold as it finishes.
     """
     judged = {qid: qrels[qid] for qid in queries if qid in qrels}
     if any(stage != "bm25" for stage in stages):
@@ -272,7 +290,8 @@ def evaluate_stages(
             if cross_validation is None:
                 raise ValueError(f"stage {stage!r} is fitted on judgments: it needs --cv")
             run, note = _cross_validated(
-                pipeline, queries, judged, stage, cross_validation, gains=gains, pools=pools
+                pipeline, queries, judged, stage, cross_validation, k=k, gains=gains,
+                pools=pools, on_fold=on_fold,
             )
         elif pools is not None:
             run, latencies = _pool_run(pipeline, pools, stage)

@@ -23,7 +23,7 @@ from reranker.listwise import (
     save_artifact,
     train_listwise,
 )
-from reranker.training import BASE_MODEL, artifact_bytes, render_card, version
+from reranker.tuning_card import BASE_MODEL, artifact_bytes, render_card, version
 
 if TYPE_CHECKING:
     from sentence_transformers import CrossEncoder

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import numpy.typing as npt
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from indexer.errors import IndexerError
 from indexer.model_files import packaged_model_path
@@ -39,22 +39,21 @@ from reranker.cross_encoder import TunedModelCard, portable_adapter_config
 from reranker.errors import TuningError
 from reranker.evaluation import Gains, Qrels
 from reranker.training import (
-    ByMode,
     NdcgValidation,
     ProductTexts,
     TuneResult,
-    artifact_bytes,
     check_out,
     lora_config,
     lora_restoring_trainer,
     ndcg_evaluator,
-    render_card,
     train,
     tune_result,
     usable_queries,
 )
-from reranker.training import write_model_card as write_tuned_model_card
 from reranker.training_data import hard_negatives, split_queries
+from reranker.tuning_card import artifact_bytes, render_card
+from reranker.tuning_card import write_model_card as write_tuned_model_card
+from reranker.tuning_config import TuneConfig
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -73,42 +72,25 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
-class BiEncoderTuneConfig(ByMode, BaseModel):
-    """Settings of one bi-encoder tuning run; every field is recorded in the model card.
+class BiEncoderTuneConfig(TuneConfig):
+    """Settings of one bi-encoder tuning run (`TuneConfig` holds the shared ones).
 
     ``min_positive_grade``: judged products with at least this grade are positives (3 is ESCI's
     Exact). ``negatives_per_query``: mined hard negatives per training query; a query yields
     one triplet per positive or per negative, whichever is more. ``learning_rate=None`` picks
     5e-4 for LoRA and 2e-5 for full fine-tuning. ``validation_depth``: each validation query
     contributes its top mined candidates to the validation corpus, which every validation
-    query then ranks by cosine similarity. ``eval_steps=None`` validates once per epoch.
+    query then ranks by cosine similarity. ``batch_size``: in-batch negatives need two rows.
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
     LORA_RATE: ClassVar[float] = 5e-4
     FULL_RATE: ClassVar[float] = 2e-5
 
-    lora: bool = True
-    epochs: int = Field(default=2, ge=1, le=100)
     batch_size: int = Field(default=32, ge=2, le=1024)
-    learning_rate: float | None = Field(default=None, gt=0, le=1)
-    warmup_ratio: float = Field(default=0.1, ge=0, lt=1)
-    weight_decay: float = Field(default=0.01, ge=0)
+    negatives_per_query: int = Field(default=3, ge=1, le=1000)
+    validation_depth: int = Field(default=100, ge=1, le=10_000)
     max_seq_length: int = Field(default=128, ge=16, le=512)
     min_positive_grade: int = Field(default=3, ge=1)
-    negatives_per_query: int = Field(default=3, ge=1, le=1000)
-    gains: dict[int, float] | None = None
-    validation_fraction: float = Field(default=0.2, gt=0, lt=1)
-    validation_depth: int = Field(default=100, ge=1, le=10_000)
-    k: int = Field(default=10, ge=1, le=100)
-    eval_steps: int | None = Field(default=None, ge=1)
-    early_stopping_patience: int = Field(default=2, ge=1)
-    logging_steps: int = Field(default=10, ge=1)
-    lora_r: int = Field(default=8, ge=1)
-    lora_alpha: int = Field(default=16, ge=1)
-    lora_dropout: float = Field(default=0.1, ge=0, lt=1)
-    lora_target_modules: tuple[str, ...] = ("query", "value")
-    seed: int = 0
 
 
 @dataclass(frozen=True)

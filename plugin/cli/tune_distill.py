@@ -1,6 +1,6 @@
 """``shoprank tune reranker-distill``: train the cross-encoder without judgments.
 
-Registered on ``shoprank tune`` by `plugin.tune_cli`. Pseudo-queries come from each catalog
+Registered on ``shoprank tune`` by `plugin.cli.tune`. Pseudo-queries come from each catalog
 (`reranker.query_writer`), candidates and the teacher's scores from the search path
 (`plugin.distill_data`), the training from `reranker.distilled_tuning`.
 """
@@ -17,9 +17,21 @@ from pydantic import ValidationError
 from indexer.catalog import load_catalog
 from indexer.errors import CatalogError, IndexerError
 from indexer.schema import product_to_text
+from plugin.cli.common import (
+    build_settings,
+    catalog_label,
+    check_catalog_and_out,
+    console,
+    eval_index_name,
+    fail,
+    problems,
+)
+from plugin.cli.index import ensure_index
 from plugin.components import PACKAGED_FINAL_RANKER, PACKAGED_RETRIEVAL_RANKER, build_pipeline
+from plugin.distill_data import distillation_groups, fields_of
 from plugin.errors import PluginError
 from reranker.distillation import load_groups, save_groups
+from reranker.distilled_tuning import train_distilled
 from reranker.errors import RerankerError
 from reranker.features import CROSS_ENCODER_FEATURE
 from reranker.listwise import ListwiseConfig
@@ -50,7 +62,9 @@ def tune_reranker_distill(
         bool, typer.Option("--lora/--full", help="LoRA on every linear layer (~3 MB), or "
                            "every weight (~90 MB).")
     ] = True,
-    epochs: Annotated[int, typer.Option("--epochs", min=1, max=100)] = 1,
+    epochs: Annotated[
+        int, typer.Option("--epochs", min=1, max=100, help="Passes over the training groups.")
+    ] = 1,
     max_steps: Annotated[
         int | None, typer.Option("--max-steps", min=1, help="Stop after this many steps.")
     ] = None,
@@ -58,7 +72,9 @@ def tune_reranker_distill(
         int, typer.Option("--group-size", min=2, max=64, help="Candidates beside the source "
                           "product in each training group.")
     ] = 8,
-    batch_groups: Annotated[int, typer.Option("--batch-groups", min=1, max=256)] = 4,
+    batch_groups: Annotated[
+        int, typer.Option("--batch-groups", min=1, max=256, help="Training groups per batch.")
+    ] = 4,
     max_length: Annotated[
         int, typer.Option("--max-length", min=16, max=512, help="Tokens per query+product pair.")
     ] = 64,
@@ -69,7 +85,10 @@ def tune_reranker_distill(
         float, typer.Option("--label-weight", min=0.0, max=1.0, help="Share of each target on "
                             "the source product; the rest follows the teacher.")
     ] = 0.5,
-    seed: Annotated[int, typer.Option("--seed")] = 0,
+    seed: Annotated[
+        int, typer.Option("--seed", help="Seed of the pseudo-queries, the groups and the "
+                          "initial weights.")
+    ] = 0,
     index: Annotated[list[str] | None, typer.Option(
         "--index", help="Index to retrieve candidates from, one per --catalog (default: eval's "
         "index for the catalog, built if missing).")] = None,
@@ -85,18 +104,13 @@ def tune_reranker_distill(
     last checkpoint. Writes a LoRA artifact (or a full checkpoint), model_card.json and
     README.md to --out; serve it with --reranker cross-encoder --checkpoint OUT.
     """
-    from plugin.cli import _eval_index_name, _fail, _index_exists, _reindex, _settings, console
-    from plugin.distill_data import distillation_groups, fields_of
-    from plugin.tune_cli import _catalog_label, _check_catalog_and_out
-    from reranker.distilled_tuning import train_distilled
-
     for path in catalog:
-        _check_catalog_and_out(path)
+        check_catalog_and_out(path)
     if index and len(index) != len(catalog):
-        _fail(f"give --index once per --catalog: got {len(catalog)} --catalog, "
+        fail(f"give --index once per --catalog: got {len(catalog)} --catalog, "
               f"{len(index)} --index")
     if out_dir.exists() and any(out_dir.iterdir()):
-        _fail(f"--out {out_dir} exists and is not an empty folder; choose a new one")
+        fail(f"--out {out_dir} exists and is not an empty folder; choose a new one")
     work = work or out_dir.with_name(out_dir.name + ".work")
     try:
         ranker = LinearRanker.load(teacher or _default_teacher())
@@ -106,35 +120,34 @@ def tune_reranker_distill(
             seed=seed,
         )
     except ValidationError as e:
-        _fail(str(e))
+        fail(problems(e))
     except RerankerError as e:
-        _fail(str(e))
+        fail(str(e))
     if CROSS_ENCODER_FEATURE in ranker.feature_names:
-        _fail("--teacher: that ranker reads cross-encoder scores; choose one without them")
+        fail("--teacher: that ranker reads cross-encoder scores; choose one without them")
     teacher_key = hashlib.sha256(
         (teacher or _default_teacher()).read_bytes()).hexdigest()[:8]
     texts: dict[str, str] = {}
     groups = []
     for number, path in enumerate(catalog):
-        label = _catalog_label(path)
+        label = catalog_label(path)
         try:
             products = {product.id: product for product in load_catalog(path).products}
         except CatalogError as e:
-            _fail(str(e))
+            fail(str(e))
         clash = next((pid for pid in products if pid in texts), None)
         if clash is not None:
-            _fail(f"--catalog {path}: product id {clash!r} is also in an earlier catalog")
+            fail(f"--catalog {path}: product id {clash!r} is also in an earlier catalog")
         texts.update((pid, product_to_text(product)) for pid, product in products.items())
-        index_name = index[number] if index else _eval_index_name(path)
+        index_name = index[number] if index else eval_index_name(path)
         saved = work / (f"groups-{_slug(label)}-{_slug(index_name)}-q{pseudo_queries}-s{seed}"
                         f"-g{group_size}-t{teacher_key}.jsonl.gz")
         if saved.is_file():
             shop = load_groups(saved)
             console.print(f"{label}: {len(shop)} training groups from {saved}")
         else:
-            settings = _settings(index=index_name, reranker="none", final_ranker="none")
-            if not _index_exists(settings):
-                _reindex(settings, path, strict=False)
+            settings = build_settings(index=index_name, reranker="none", final_ranker="none")
+            ensure_index(settings, path)
             fields = fields_of(products)
             written = write_queries(list(fields.values()), pseudo_queries, seed=seed)
             console.print(f"{label}: {len(written)} pseudo-queries; the teacher scores "
@@ -146,18 +159,18 @@ def tune_reranker_distill(
                     group_size=group_size,
                 ))
             except (IndexerError, RerankerError, PluginError) as e:
-                _fail(str(e), code=1)
+                fail(str(e), code=1)
             save_groups(shop, saved)
         groups += shop
     console.print(f"training on {len(groups)} groups ({config.mode}, max length "
                   f"{config.max_length}); resumable from {work}")
     try:
         card = train_distilled(groups, texts, config, work, out_dir,
-                               catalogs=[_catalog_label(p) for p in catalog],
+                               catalogs=[catalog_label(p) for p in catalog],
                                teacher=str((teacher or _default_teacher()).name),
                                stop_after=stop_after)
     except (RerankerError, PluginError) as e:
-        _fail(str(e), code=1)
+        fail(str(e), code=1)
     if card is None:
         console.print(f"stopped after step {stop_after}; run the same command to go on")
         return

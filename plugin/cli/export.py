@@ -1,7 +1,4 @@
-"""``shoprank export ...``: hand tuned models to serving.
-
-Registered in `plugin.cli` with ``app.add_typer(export_app, name="export")``.
-"""
+"""``shoprank export ...``: hand tuned models to serving (Triton, ONNX Runtime)."""
 
 from __future__ import annotations
 
@@ -13,8 +10,12 @@ from typing import Annotated
 import typer
 
 from indexer.errors import IndexerError
+from plugin.cli.common import fail, out
 from plugin.settings import Settings
 from reranker.errors import RerankerError
+from reranker.onnx_export import export_onnx
+from reranker.triton import TritonReranker
+from reranker.triton_export import export_reranker
 
 export_app = typer.Typer(no_args_is_help=True, help="Export tuned models for serving.")
 
@@ -41,14 +42,10 @@ def export_reranker_command(
     ] = True,
 ) -> None:
     """Write a tuned cross-encoder as a new model version; a running Triton loads it at once."""
-    from plugin.cli import _fail, out
-    from reranker.triton import TritonReranker
-    from reranker.triton_export import export_reranker
-
     try:
         exported = export_reranker(checkpoint, repository, version=version)
     except RerankerError as e:
-        _fail(str(e))
+        fail(str(e))
     out.print(
         f"exported {checkpoint} ({exported.mode}, {exported.size_bytes / 1e6:.1f} MB) as "
         f"version {exported.version}: {exported.folder}"
@@ -68,7 +65,7 @@ def export_reranker_command(
             # A version the server cannot load must not stay the newest, or the next start
             # fails on it.
             shutil.rmtree(exported.folder, ignore_errors=True)
-            _fail(f"Triton at {url} could not serve version {exported.version}, so it was "
+            fail(f"Triton at {url} could not serve version {exported.version}, so it was "
                   f"removed again: {e}", code=1)
         out.print(f"Triton at {url} now serves version {exported.version}")
     finally:
@@ -86,12 +83,9 @@ def export_onnx_command(
     ] = True,
 ) -> None:
     """Write a tuned cross-encoder as ONNX (fp32 and INT8) for `--reranker onnx`."""
-    from plugin.cli import _fail, out
-    from reranker.onnx_export import export_onnx
-
     try:
         folder = export_onnx(checkpoint, out_dir, int8=int8)
     except (RerankerError, IndexerError) as e:
-        _fail(str(e))
+        fail(str(e))
     out.print(f"exported {checkpoint} to {folder}; serve it with "
               f"`shoprank serve --reranker onnx --checkpoint {folder}`")
