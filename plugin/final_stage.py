@@ -20,6 +20,7 @@ import numpy as np
 from indexer.fusion import reciprocal_rank_fusion
 from indexer.retrieval import Candidate
 from indexer.schema import Product
+from plugin.folds import splits
 from plugin.models import MAX_K, MAX_QUERY_CHARS, NO_FAIRNESS, SearchRequest
 from plugin.pipeline import SearchPipeline
 from reranker.evaluation import Gains, Qrels, gain_of, ndcg_at_k
@@ -235,9 +236,7 @@ def cross_validated_final(
     """
     run: dict[str, list[str]] = {}
     rng = random.Random(seed)
-    for test in folds:
-        held_out = set(test)
-        train = [qid for fold in folds for qid in fold if qid not in held_out]
+    for train, test in splits(folds):
         if train_queries is not None:
             train = rng.sample(sorted(train), min(train_queries, len(train)))
         ranker = fit_final_stage(
@@ -311,9 +310,7 @@ def cross_validated_fusion(
     """Each query fused with parameters tuned on the other folds; and the chosen parameters."""
     run: dict[str, list[str]] = {}
     chosen = []
-    for test in folds:
-        held_out = set(test)
-        train = [qid for fold in folds for qid in fold if qid not in held_out]
+    for train, test in splits(folds):
         parameters = tune_fusion(lists, qrels, train, gains=gains)
         chosen.append(parameters)
         for qid in test:
