@@ -30,7 +30,7 @@ LEVELS = (1, 4, 16)
 
 
 def measure(args: argparse.Namespace, threads: int, scratch: Path) -> dict[tuple[str, int], Any]:
-    from reranker.evaluation import load_queries
+    from reranker.metrics import load_queries
 
     queries = list(load_queries(args.queries).values())
     port = free_port()

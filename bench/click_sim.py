@@ -60,7 +60,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from reranker.evaluation import Gains, Qrels, dcg, gain_of
+from reranker.metrics import Gains, Qrels, dcg, gain_of
 
 IntentKind = Literal["none", "brand", "price"]
 Condition = Literal["brand", "price", "no-history", "random-history", "other-intent"]

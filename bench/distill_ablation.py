@@ -32,12 +32,12 @@ from bench.reranker_eval import REPO, evaluate
 from indexer.catalog import load_catalog
 from indexer.schema import product_to_text
 from plugin.components import build_pipeline
-from plugin.final_stage import collect_candidates
+from plugin.final_stage_fitting import collect_candidates
 from plugin.settings import Settings
 from reranker.distillation import DistillGroup, load_groups
 from reranker.distilled_tuning import train_distilled
-from reranker.evaluation import ESCI_GAINS, load_qrels, load_queries
 from reranker.listwise import ListwiseConfig
+from reranker.metrics import ESCI_GAINS, load_qrels, load_queries
 
 logger = logging.getLogger(__name__)
 

@@ -46,9 +46,9 @@ def main() -> None:
     from indexer.local_store import LocalStore
     from indexer.schema import product_to_text
     from plugin.components import build_pipeline
-    from plugin.evaluate import CrossValidation, Stage, evaluate_stages
+    from plugin.offline_eval import CrossValidation, Stage, evaluate_stages
     from plugin.settings import Settings
-    from reranker.evaluation import ESCI_GAINS, load_qrels, load_queries, paired_bootstrap
+    from reranker.metrics import ESCI_GAINS, load_qrels, load_queries, paired_bootstrap
 
     folder = args.data / args.catalog
     products = load_catalog(folder / "products.jsonl.gz").products

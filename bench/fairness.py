@@ -40,7 +40,6 @@ from typing import Any
 from indexer.analysis import analyze
 from indexer.catalog import load_catalog
 from plugin.components import build_pipeline
-from plugin.evaluate import StageResult, evaluate_stages
 from plugin.fairness.evaluation import (
     FairnessSetup,
     StageFairness,
@@ -50,8 +49,9 @@ from plugin.fairness.evaluation import (
 from plugin.fairness.items import NO_GROUP
 from plugin.fairness.metrics import fair_table
 from plugin.models import FairnessPolicy
+from plugin.offline_eval import StageResult, evaluate_stages
 from plugin.settings import Settings
-from reranker.evaluation import (
+from reranker.metrics import (
     ESCI_GAINS,
     PairedDifference,
     Qrels,

@@ -18,7 +18,7 @@ from pathlib import Path
 from plugin.components import build_pipeline
 from plugin.models import SearchRequest
 from plugin.settings import Settings
-from reranker.evaluation import load_queries
+from reranker.metrics import load_queries
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -307,7 +307,7 @@ def search_bodies(
 
 
 def main() -> None:
-    from reranker.evaluation import load_queries
+    from reranker.metrics import load_queries
 
     default_queries = Path(__file__).resolve().parents[2] / "shared/data/esci-us/queries.tsv"
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

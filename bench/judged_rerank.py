@@ -40,11 +40,16 @@ from bench.machine import cpu_model
 from bench.reranker_eval import REPO, reranked, row, windowed
 from indexer.schema import product_to_text
 from plugin.components import PACKAGED_RERANKER, build_pipeline
-from plugin.final_stage import QueryCandidates, collect_candidates, fit_final_stage, folds_of
+from plugin.final_stage_fitting import (
+    QueryCandidates,
+    collect_candidates,
+    fit_final_stage,
+    folds_of,
+)
 from plugin.settings import Settings
 from reranker.distillation import DistillGroup
-from reranker.evaluation import ESCI_GAINS, Gains, Qrels, evaluate_run, load_qrels, load_queries
 from reranker.listwise import ListwiseConfig, train_listwise
+from reranker.metrics import ESCI_GAINS, Gains, Qrels, evaluate_run, load_qrels, load_queries
 
 logger = logging.getLogger(__name__)
 

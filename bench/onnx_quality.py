@@ -16,7 +16,7 @@ All on the shared ESCI data (queries, judgments, product texts from `product_to_
   independent of the machine's load. Then the query encoder: torch vs ONNX (INT8, fp32) on
   every real query of both shared sets, with the cosine between their vectors.
 - quality: nDCG@10 (ESCI gains) of the ``rerank`` stage on each query's judged pool
-  (`plugin.evaluate`, pool protocol) with fp32 and INT8 of the same export, and of the
+  (`plugin.offline_eval`, pool protocol) with fp32 and INT8 of the same export, and of the
   ``vector`` stage on the full catalog (index ``--index`` under SHOPRANK_HOME) with queries
   encoded by torch and by ONNX INT8; paired bootstrap CIs of the differences.
 
@@ -58,7 +58,7 @@ def esci_requests(
     """``count`` seeded ESCI queries, each with its judged pool + random products, as texts."""
     from indexer.catalog import load_catalog
     from indexer.schema import product_to_text
-    from reranker.evaluation import load_qrels, load_queries
+    from reranker.metrics import load_qrels, load_queries
 
     queries = load_queries(data / "queries.tsv")
     qrels = load_qrels(data / "qrels.txt")
@@ -239,9 +239,9 @@ def quality(
     vs ONNX INT8 query vectors."""
     from indexer.encoder import BiEncoder
     from indexer.local_store import LocalStore
-    from plugin.evaluate import evaluate_stages
+    from plugin.offline_eval import evaluate_stages
     from plugin.pipeline import SearchPipeline
-    from reranker.evaluation import ESCI_GAINS, load_qrels, load_queries, paired_bootstrap
+    from reranker.metrics import ESCI_GAINS, load_qrels, load_queries, paired_bootstrap
     from reranker.onnx_cross_encoder import OnnxCrossEncoder
 
     queries = load_queries(data / "queries.tsv")
@@ -393,7 +393,7 @@ def main() -> None:
 
     from indexer.onnx_files import read_onnx_card
     from indexer.settings import IndexerSettings
-    from reranker.evaluation import load_queries
+    from reranker.metrics import load_queries
     from reranker.onnx_export import export_onnx
 
     if args.threads:

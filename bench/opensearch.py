@@ -31,7 +31,7 @@ from indexer.local_store import LocalStore
 from indexer.opensearch_store import OpenSearchStore
 from indexer.schema import Product, product_to_text
 from indexer.settings import IndexerSettings
-from reranker.evaluation import load_queries
+from reranker.metrics import load_queries
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 EF_VALUES = (10, 40, 100, 400)

@@ -17,7 +17,7 @@ from pathlib import Path
 from bench.machine import percentile
 from indexer.catalog import load_catalog
 from indexer.schema import Product, product_to_text
-from reranker.evaluation import load_queries
+from reranker.metrics import load_queries
 
 REPO = Path(__file__).resolve().parents[1]
 

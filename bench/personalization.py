@@ -14,7 +14,7 @@ simulated users and how sessions are drawn). Per catalog and condition, each ses
    (`bench.click_sim.user_ndcg`).
 
 The uplift is personalised minus plain nDCG@10, averaged over sessions with a paired-bootstrap
-95% CI (`reranker.evaluation.paired_bootstrap`, resampling sessions). Sessions whose history
+95% CI (`reranker.metrics.paired_bootstrap`, resampling sessions). Sessions whose history
 drew no click stay in (their uplift is 0); beside it, the uplift over the sessions whose
 history shows the intent (it has clicks and, for a user with an intent, at least half of them
 on products matching it). A brand-new session must get exactly the plain ranking: checked
@@ -81,7 +81,7 @@ from plugin.events import (
 from plugin.models import NO_FAIRNESS, SearchRequest
 from plugin.pipeline import SearchPipeline
 from plugin.settings import Settings
-from reranker.evaluation import (
+from reranker.metrics import (
     ESCI_GAINS,
     Gains,
     PairedDifference,

@@ -32,7 +32,7 @@ from pathlib import Path
 
 from bench.machine import cpu_model, percentile
 from plugin.components import build_pipeline
-from plugin.final_stage import (
+from plugin.final_stage_fitting import (
     QueryCandidates,
     collect_candidates,
     cross_validated_final,
@@ -42,7 +42,8 @@ from plugin.final_stage import (
 from plugin.models import NO_FAIRNESS, SearchRequest
 from plugin.pipeline import SearchPipeline
 from plugin.settings import Settings
-from reranker.evaluation import (
+from reranker.linear_ranker import LinearRanker
+from reranker.metrics import (
     ESCI_GAINS,
     EvalReport,
     Gains,
@@ -52,7 +53,6 @@ from reranker.evaluation import (
     load_queries,
     paired_bootstrap,
 )
-from reranker.ltr import LinearRanker
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -30,7 +30,7 @@ from indexer.schema import product_to_text
 from plugin.demo import DEMO_CATALOG
 from plugin.models import SearchRequest
 from plugin.pipeline import SearchPipeline
-from reranker.evaluation import load_queries
+from reranker.metrics import load_queries
 
 DEFAULT_QUERIES = Path(__file__).resolve().parents[1].parent / "shared/data/esci-us/queries.tsv"
 

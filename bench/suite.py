@@ -233,7 +233,7 @@ def bench_indexing(sizes: Sizes, scratch: Path) -> dict[str, Any]:
 # --- query encoding -----------------------------------------------------------------------------
 
 def real_queries() -> list[str]:
-    from reranker.evaluation import load_queries
+    from reranker.metrics import load_queries
 
     seen: dict[str, None] = {}
     for path in (ESCI_QUERIES, ICECAT_QUERIES):
@@ -316,7 +316,7 @@ def rerank_requests(
     from indexer.encoder import BiEncoder
     from indexer.retrieval import retrieve
     from indexer.schema import product_to_text
-    from reranker.evaluation import load_queries
+    from reranker.metrics import load_queries
 
     encoder = BiEncoder()
     texts = sorted(load_queries(ESCI_QUERIES).values())
@@ -462,7 +462,7 @@ def bench_http(
     sizes: Sizes, args: argparse.Namespace, checkpoint: Path, onnx_folder: Path | None,
     scratch: Path,
 ) -> dict[str, Any]:
-    from reranker.evaluation import load_queries
+    from reranker.metrics import load_queries
 
     queries = list(load_queries(ESCI_QUERIES).values())
     commands, note = http_servers(args, checkpoint, onnx_folder)

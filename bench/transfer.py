@@ -21,7 +21,7 @@ import logging
 from pathlib import Path
 
 from plugin.components import build_pipeline
-from plugin.final_stage import (
+from plugin.final_stage_fitting import (
     QueryCandidates,
     collect_candidates,
     cross_validated_final,
@@ -29,7 +29,7 @@ from plugin.final_stage import (
     folds_of,
 )
 from plugin.settings import Settings
-from reranker.evaluation import (
+from reranker.metrics import (
     ESCI_GAINS,
     Gains,
     Qrels,

@@ -215,7 +215,7 @@ def sample_requests(
     from indexer.catalog import load_catalog
     from indexer.schema import product_to_text
     from plugin.demo import DEMO_CATALOG
-    from reranker.evaluation import load_queries
+    from reranker.metrics import load_queries
 
     texts = sorted(load_queries(queries).values())
     products = load_catalog(DEMO_CATALOG).products

@@ -27,7 +27,7 @@ from indexer.catalog import load_catalog
 from indexer.indexing import reindex_catalog
 from indexer.schema import product_to_text
 from plugin.components import build_pipeline
-from plugin.final_stage import (
+from plugin.final_stage_fitting import (
     QueryCandidates,
     collect_candidates,
     cross_validated_final,
@@ -38,7 +38,7 @@ from plugin.final_stage import (
 )
 from plugin.settings import Settings
 from reranker.cross_encoder import InProcessCrossEncoder
-from reranker.evaluation import (
+from reranker.metrics import (
     ESCI_GAINS,
     EvalReport,
     evaluate_run,

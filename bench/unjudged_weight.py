@@ -3,7 +3,8 @@
 For each weight, the final stage is fitted by 5-fold cross-validation over the judged dev
 queries (as `shoprank eval --cv 5` does) and scored with plain and judged-only nDCG@10.
 Weight 0 fits among judged products only; 1 treats unjudged as irrelevant. The packaged
-default is `reranker.ltr.UNJUDGED_WEIGHT`. Needs the eval indexes that bench/relevance.sh builds.
+default is `reranker.linear_ranker.UNJUDGED_WEIGHT`. Needs the eval indexes that
+bench/relevance.sh builds.
 
     python -m bench.unjudged_weight --catalog esci-us --esci
     python -m bench.unjudged_weight --catalog icecat
@@ -16,8 +17,8 @@ import logging
 from pathlib import Path
 
 from bench.transfer import _catalog
-from plugin.final_stage import cross_validated_final, folds_of
-from reranker.evaluation import ESCI_GAINS, evaluate_run, paired_bootstrap
+from plugin.final_stage_fitting import cross_validated_final, folds_of
+from reranker.metrics import ESCI_GAINS, evaluate_run, paired_bootstrap
 
 REPO = Path(__file__).resolve().parents[1]
 

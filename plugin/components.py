@@ -22,7 +22,7 @@ from plugin.settings import Settings
 from reranker.base import NoReranker, Reranker
 from reranker.cross_encoder import DEFAULT_MAX_LENGTH, InProcessCrossEncoder, read_model_card
 from reranker.errors import RerankerError
-from reranker.ltr import LinearRanker
+from reranker.linear_ranker import LinearRanker
 
 logger = logging.getLogger(__name__)
 

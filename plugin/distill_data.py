@@ -1,8 +1,8 @@
 """Distillation groups for the cross-encoder, built by the search path itself.
 
 Each pseudo-query (`reranker.query_writer`) runs through hybrid retrieval exactly as a search
-does (`plugin.final_stage.collect_candidates`); the learned final stage scores its candidates
-(the teacher) and `reranker.distillation.make_group` turns them into a training group.
+does (`plugin.final_stage_fitting.collect_candidates`); the learned final stage scores its
+candidates (the teacher) and `reranker.distillation.make_group` turns them into a training group.
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 
 from indexer.schema import Product
-from plugin.final_stage import collect_candidates
+from plugin.final_stage_fitting import collect_candidates
 from plugin.pipeline import SearchPipeline
 from reranker.distillation import DEFAULT_GROUP_SIZE, DistillGroup, make_group
-from reranker.ltr import LinearRanker
+from reranker.linear_ranker import LinearRanker
 from reranker.pseudo_queries import PseudoQuery
 from reranker.query_writer import ProductFields
 

@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
-from reranker.evaluation import Gains, Qrels, evaluate_run
+from reranker.metrics import Gains, Qrels, evaluate_run
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,7 @@ def per_fold(
     on_fold: FoldCallback | None = None,
 ) -> dict[str, list[str]]:
     """Every query ranked by a model fitted on the other folds only (what
-    `plugin.final_stage.cross_validated_final` does), each fold told to ``on_fold``."""
+    `plugin.final_stage_fitting.cross_validated_final` does), each fold told to ``on_fold``."""
     run: dict[str, list[str]] = {}
     for number, (train, test) in enumerate(splits(folds), 1):
         started = time.perf_counter()

@@ -27,7 +27,7 @@ from plugin.ranked import RankedItem
 from plugin.search_plan import FinalRankers, SearchPlan, SearchSettings, plan_search
 from plugin.session_store import InMemorySessionStore, SessionStore
 from reranker.base import Reranker
-from reranker.ltr import LinearRanker
+from reranker.linear_ranker import LinearRanker
 
 
 class StageClock:

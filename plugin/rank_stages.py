@@ -19,7 +19,7 @@ from plugin.search_plan import FinalRankers, SearchPlan
 from reranker.base import NoReranker, Reranker
 from reranker.errors import RerankerError, RerankerUnavailableError
 from reranker.features import Embeddings, needs_embeddings, stage_features
-from reranker.ltr import LinearRanker
+from reranker.linear_ranker import LinearRanker
 
 logger = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from indexer.store import Filters, RetrievalMode
 from plugin.errors import RerankNotConfiguredError
 from plugin.models import FairnessPolicy, OutOfStock, SearchRequest
 from reranker.features import CROSS_ENCODER_FEATURE
-from reranker.ltr import LinearRanker
+from reranker.linear_ranker import LinearRanker
 
 
 @dataclass

@@ -37,7 +37,7 @@ from indexer.model_loading import (
 from indexer.schema import Product
 from reranker.cross_encoder import TunedModelCard, portable_adapter_config
 from reranker.errors import TuningError
-from reranker.evaluation import Gains, Qrels
+from reranker.metrics import Gains, Qrels
 from reranker.training import (
     NdcgValidation,
     ProductTexts,
@@ -150,7 +150,7 @@ def tune_bi_encoder(
     positives cannot appear as its in-batch negatives.
 
     After each epoch (or ``eval_steps``) the validation queries rank the validation corpus
-    (their candidates' union) by cosine similarity, scored with `reranker.evaluation` nDCG@k;
+    (their candidates' union) by cosine similarity, scored with `reranker.metrics` nDCG@k;
     the best checkpoint is kept and training stops early when it stops improving.
 
     ``out`` must be missing or empty. LoRA writes only the adapter (~0.3 MB); full fine-tuning
@@ -201,7 +201,7 @@ class RetrievalValidation(NdcgValidation):
     """Vector retrieval of held-out queries over a corpus, scored by our nDCG@k.
 
     Every query ranks the whole corpus by cosine similarity (exact search, like the local
-    store); the mean nDCG@k comes from `reranker.evaluation.evaluate_run`, so training selects
+    store); the mean nDCG@k comes from `reranker.metrics.evaluate_run`, so training selects
     on the metric ``shoprank eval`` reports.
     """
 

@@ -17,7 +17,7 @@ from indexer.analysis import analyze
 from indexer.encoder import BiEncoder
 from indexer.schema import Product
 from indexer.store import VectorStore
-from reranker.evaluation import Qrels
+from reranker.metrics import Qrels
 from reranker.training_data import mine_candidates
 
 _WORD = re.compile(r"[^\W_]+(?:[-'][^\W_]+)*")

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 from indexer.schema import Product, product_to_text
 from reranker.cross_encoder import ADAPTER_WEIGHTS
 from reranker.errors import TuningError
-from reranker.evaluation import Gains, Qrels, evaluate_run
+from reranker.metrics import Gains, Qrels, evaluate_run
 from reranker.tuning_config import TuneConfig
 
 if TYPE_CHECKING:

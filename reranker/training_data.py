@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from indexer.encoder import BiEncoder
 from indexer.retrieval import retrieve
 from indexer.store import RetrievalMode, VectorStore, check_encoder
-from reranker.evaluation import Gains, Qrels, gain_of
+from reranker.metrics import Gains, Qrels, gain_of
 
 
 @dataclass(frozen=True)

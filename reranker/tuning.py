@@ -33,7 +33,7 @@ from reranker.cross_encoder import (
     portable_adapter_config,
 )
 from reranker.errors import TuningError
-from reranker.evaluation import Gains, Qrels
+from reranker.metrics import Gains, Qrels
 from reranker.training import (
     NdcgValidation,
     ProductTexts,
@@ -114,7 +114,7 @@ def tune_cross_encoder(
     need more queries than a small judged set has.
 
     After each epoch (or ``eval_steps``) the validation queries' top ``validation_depth``
-    candidates are reranked and scored with our nDCG (`reranker.evaluation`); the best
+    candidates are reranked and scored with our nDCG (`reranker.metrics`); the best
     checkpoint is kept and training stops early when it stops improving.
 
     ``out`` must be missing or empty. LoRA writes only the adapter and tokenizer (~1 MB);

@@ -28,7 +28,10 @@ from plugin.cli.common import (
 from plugin.cli.index import ensure_index
 from plugin.components import build_encoder, build_pipeline
 from plugin.errors import PluginError
-from plugin.evaluate import (
+from plugin.fairness.evaluation import FairnessSetup, fairness_setup
+from plugin.folds import FoldDone
+from plugin.models import FairnessPolicy
+from plugin.offline_eval import (
     CV_STAGES,
     STAGES,
     CrossValidation,
@@ -38,13 +41,10 @@ from plugin.evaluate import (
     markdown,
     summary,
 )
-from plugin.fairness.evaluation import FairnessSetup, fairness_setup
-from plugin.folds import FoldDone
-from plugin.models import FairnessPolicy
 from plugin.pipeline import SearchPipeline
 from plugin.settings import Settings
 from reranker.errors import RerankerError
-from reranker.evaluation import (
+from reranker.metrics import (
     ESCI_GAINS,
     load_qrels,
     load_queries,
@@ -54,14 +54,14 @@ from reranker.evaluation import (
 
 
 class ProtocolChoice(StrEnum):
-    """What each stage ranks (`plugin.evaluate.EvalProtocol`)."""
+    """What each stage ranks (`plugin.offline_eval.EvalProtocol`)."""
 
     full = "full"
     pool = "pool"
 
 
 class StageChoice(StrEnum):
-    """One stage of `plugin.evaluate.STAGES`."""
+    """One stage of `plugin.offline_eval.STAGES`."""
 
     bm25 = "bm25"
     vector = "vector"

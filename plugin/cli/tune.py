@@ -38,7 +38,7 @@ from plugin.errors import PluginError
 from plugin.settings import Settings
 from reranker.encoder_tuning import BiEncoderTuneConfig, tune_bi_encoder
 from reranker.errors import RerankerError
-from reranker.evaluation import ESCI_GAINS, Qrels, load_qrels, load_queries
+from reranker.metrics import ESCI_GAINS, Qrels, load_qrels, load_queries
 from reranker.pseudo_queries import pseudo_training_set
 from reranker.training import TuneResult
 from reranker.training_data import mine_candidates

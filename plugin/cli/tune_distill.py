@@ -34,8 +34,8 @@ from reranker.distillation import load_groups, save_groups
 from reranker.distilled_tuning import train_distilled
 from reranker.errors import RerankerError
 from reranker.features import CROSS_ENCODER_FEATURE
+from reranker.linear_ranker import LinearRanker
 from reranker.listwise import ListwiseConfig
-from reranker.ltr import LinearRanker
 from reranker.query_writer import write_queries
 
 OutOption = Annotated[Path, typer.Option("--out", "-o", help="New (or empty) output folder.")]

@@ -23,7 +23,7 @@ from plugin.cli.common import (
 from plugin.cli.index import ensure_index
 from plugin.components import build_pipeline
 from plugin.errors import PluginError
-from plugin.final_stage import (
+from plugin.final_stage_fitting import (
     QueryCandidates,
     collect_candidates,
     cross_validated_final,
@@ -31,7 +31,7 @@ from plugin.final_stage import (
     folds_of,
 )
 from reranker.errors import RerankerError
-from reranker.evaluation import ESCI_GAINS, Qrels, evaluate_run, load_qrels, load_queries
+from reranker.metrics import ESCI_GAINS, Qrels, evaluate_run, load_qrels, load_queries
 
 
 def tune_ranker(

@@ -43,7 +43,7 @@ from plugin.fairness.items import NO_GROUP, FairnessItem, FairnessResult, group_
 from plugin.fairness.metrics import awrf, fair_pass_rate, fair_table, group_exposure
 from plugin.fairness.stage import group_key, named_group, post_processor, relevance_of
 from plugin.models import FairnessPolicy
-from reranker.evaluation import (
+from reranker.metrics import (
     EvalReport,
     Gains,
     PairedDifference,

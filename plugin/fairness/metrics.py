@@ -41,7 +41,7 @@ from functools import lru_cache
 import numpy as np
 import numpy.typing as npt
 
-from reranker.evaluation import dcg
+from reranker.metrics import dcg
 
 #: The largest k a FA*IR table is built for (the table costs O(k^2) memory and time).
 MAX_TABLE_K = 1000

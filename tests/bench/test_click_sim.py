@@ -20,7 +20,7 @@ from bench.click_sim import (
     user_gains,
     user_ndcg,
 )
-from reranker.evaluation import ESCI_GAINS, ndcg_at_k
+from reranker.metrics import ESCI_GAINS, ndcg_at_k
 
 
 class Draws(random.Random):

@@ -18,7 +18,7 @@ from indexer.encoder import BiEncoder
 from indexer.local_store import LocalStore
 from indexer.opensearch_store import OpenSearchStore
 from indexer.schema import Product, product_to_text
-from reranker.evaluation import ESCI_GAINS, evaluate_run, load_qrels, load_queries
+from reranker.metrics import ESCI_GAINS, evaluate_run, load_qrels, load_queries
 from tests.conftest import SHARED_DATA, demo_slice
 from tests.indexer.store_factories import opensearch_settings
 

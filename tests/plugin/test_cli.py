@@ -20,7 +20,7 @@ from plugin.cli import serve as serve_cli
 from plugin.cli.common import ModeChoice, RerankerChoice, StoreChoice
 from plugin.cli.eval import ProtocolChoice, StageChoice
 from plugin.cli.serve import SessionStoreChoice
-from plugin.evaluate import STAGES, EvalProtocol
+from plugin.offline_eval import STAGES, EvalProtocol
 from plugin.settings import RerankerKind, SessionStoreKind
 from tests.conftest import axis_vectors
 

@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from indexer.opensearch_store import OpenSearchStore
-from reranker.ltr import LinearRanker
+from reranker.linear_ranker import LinearRanker
 from tests.conftest import demo_slice
 from tests.indexer.store_factories import OPENSEARCH_URL, STORE_KINDS, opensearch_settings
 

@@ -11,7 +11,7 @@ import pytest
 from plugin.models import SearchRequest
 from plugin.pipeline import SearchPipeline
 from plugin.rerank_budget import RerankCostModel
-from tests.plugin.test_evaluate import pipeline  # noqa: F401  (fixture)
+from tests.plugin.test_offline_eval import pipeline  # noqa: F401  (fixture)
 
 
 def test_the_first_observation_sets_the_rate_and_later_ones_are_smoothed() -> None:

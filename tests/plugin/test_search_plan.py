@@ -10,7 +10,7 @@ from plugin.errors import RerankNotConfiguredError
 from plugin.models import FairnessPolicy, SearchRequest
 from plugin.search_plan import FinalRankers, SearchPlan, SearchSettings, plan_search
 from reranker.features import CROSS_ENCODER_FEATURE, FEATURE_NAMES
-from reranker.ltr import LinearRanker
+from reranker.linear_ranker import LinearRanker
 
 PLAIN = LinearRanker(FEATURE_NAMES, (1.0,) * len(FEATURE_NAMES), card={"name": "plain"})
 WITH_CE = LinearRanker(

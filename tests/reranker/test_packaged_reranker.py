@@ -19,7 +19,7 @@ from plugin.components import (
 from plugin.settings import Settings
 from reranker.cross_encoder import InProcessCrossEncoder, read_model_card
 from reranker.features import CROSS_ENCODER_FEATURE
-from reranker.ltr import LinearRanker
+from reranker.linear_ranker import LinearRanker
 from reranker.onnx_cross_encoder import OnnxCrossEncoder
 from tests.conftest import demo_slice
 

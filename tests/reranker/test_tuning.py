@@ -18,7 +18,7 @@ from reranker.cross_encoder import (
     read_model_card,
 )
 from reranker.errors import CheckpointError
-from reranker.evaluation import ESCI_GAINS, evaluate_run
+from reranker.metrics import ESCI_GAINS, evaluate_run
 from reranker.training_data import (
     LabeledPair,
     hard_negatives,

@@ -12,11 +12,11 @@ from typer.testing import CliRunner
 from indexer.local_store import LocalStore
 from indexer.schema import Product
 from plugin.cli import app
-from plugin.evaluate import evaluate_stages, markdown, summary
 from plugin.fairness.evaluation import evaluate_fairness, fairness_measures, fairness_setup
 from plugin.models import FairnessPolicy
+from plugin.offline_eval import evaluate_stages, markdown, summary
 from plugin.pipeline import SearchPipeline
-from reranker.evaluation import evaluate_run
+from reranker.metrics import evaluate_run
 from tests.conftest import axis_vectors, make_product
 
 runner = CliRunner()

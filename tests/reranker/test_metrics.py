@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from reranker.errors import EvaluationInputError
-from reranker.evaluation import (
+from reranker.metrics import (
     ESCI_GAINS,
     evaluate_run,
     judged_at_k,

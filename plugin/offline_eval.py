@@ -27,7 +27,7 @@ from plugin.fairness.evaluation import (
     evaluate_fairness,
     fairness_markdown,
 )
-from plugin.final_stage import (
+from plugin.final_stage_fitting import (
     FusionParameters,
     QueryCandidates,
     RetrievedLists,
@@ -42,7 +42,7 @@ from plugin.final_stage import (
 from plugin.folds import FoldCallback, per_fold
 from plugin.models import MAX_K, MAX_QUERY_CHARS, NO_FAIRNESS, SearchRequest
 from plugin.pipeline import SearchPipeline
-from reranker.evaluation import (
+from reranker.metrics import (
     EvalReport,
     Gains,
     PairedDifference,

@@ -9,7 +9,7 @@ import pytest
 
 from indexer.local_store import LocalStore
 from indexer.schema import Product
-from plugin.evaluate import CrossValidation, evaluate_stages, markdown, summary
+from plugin.offline_eval import CrossValidation, evaluate_stages, markdown, summary
 from plugin.pipeline import SearchPipeline
 from tests.conftest import axis_vectors
 
@@ -70,7 +70,7 @@ def test_full_protocol_ranks_the_catalog_and_compares_stages(pipeline: SearchPip
 def test_cross_validation_reports_each_fold_and_matches_the_fold_loop(
     pipeline: SearchPipeline,
 ) -> None:
-    from plugin.final_stage import cross_validated_fusion, folds_of, retrieved_lists
+    from plugin.final_stage_fitting import cross_validated_fusion, folds_of, retrieved_lists
     from plugin.folds import FoldDone
 
     done: list[FoldDone] = []

@@ -23,7 +23,6 @@ from indexer.schema import Product
 from plugin.folds import splits
 from plugin.models import MAX_K, MAX_QUERY_CHARS, NO_FAIRNESS, SearchRequest
 from plugin.pipeline import SearchPipeline
-from reranker.evaluation import Gains, Qrels, gain_of, ndcg_at_k
 from reranker.features import (
     CROSS_ENCODER_FEATURE,
     FEATURE_NAMES,
@@ -32,13 +31,14 @@ from reranker.features import (
     Embeddings,
     stage_features,
 )
-from reranker.ltr import (
+from reranker.linear_ranker import (
     CROSS_ENCODER_SCALE,
     UNJUDGED_WEIGHT,
     LinearRanker,
     RankingGroup,
     fit_linear_ranker,
 )
+from reranker.metrics import Gains, Qrels, gain_of, ndcg_at_k
 
 
 @dataclass(frozen=True)
@@ -184,7 +184,7 @@ def fit_final_stage(
     unjudged_weight: float = UNJUDGED_WEIGHT,
 ) -> LinearRanker:
     """Fit a linear ranker on ``qids``; unjudged candidates count as gain 0, and pairs with one
-    count ``unjudged_weight`` of a judged pair (see `reranker.ltr`).
+    count ``unjudged_weight`` of a judged pair (see `reranker.linear_ranker`).
 
     Its regularisation is chosen by an inner cross-validation over ``qids`` alone.
     """

@@ -10,7 +10,7 @@ import pytest
 from indexer.retrieval import Candidate
 from indexer.schema import Product
 from plugin.errors import RerankNotConfiguredError
-from plugin.final_stage import FusionParameters, folds_of, fused, tune_fusion
+from plugin.final_stage_fitting import FusionParameters, folds_of, fused, tune_fusion
 from plugin.models import SearchRequest
 from plugin.pipeline import SearchPipeline
 from plugin.search_plan import FinalRankers
@@ -21,9 +21,9 @@ from reranker.features import (
     TITLE_FEATURES,
     feedback_features,
 )
-from reranker.ltr import LinearRanker
+from reranker.linear_ranker import LinearRanker
 from tests.conftest import axis_vectors
-from tests.plugin.test_evaluate import pipeline  # noqa: F401  (fixture)
+from tests.plugin.test_offline_eval import pipeline  # noqa: F401  (fixture)
 
 
 def _title_ranker() -> LinearRanker:
@@ -135,8 +135,8 @@ def test_weighted_fusion_and_its_tuning_follow_the_judgments() -> None:
 def test_cross_validation_scores_every_query_with_models_fitted_on_the_others(
     pipeline: SearchPipeline, protocol: str  # noqa: F811
 ) -> None:
-    from plugin.evaluate import CrossValidation, evaluate_stages
-    from tests.plugin.test_evaluate import QRELS, QUERIES
+    from plugin.offline_eval import CrossValidation, evaluate_stages
+    from tests.plugin.test_offline_eval import QRELS, QUERIES
 
     results = evaluate_stages(
         pipeline, QUERIES, QRELS, ["hybrid", "tuned-hybrid", "final"],
@@ -154,8 +154,8 @@ def test_cross_validation_scores_every_query_with_models_fitted_on_the_others(
 def test_tuned_vector_stage_runs_through_the_tuned_encoders_pipeline(
     pipeline: SearchPipeline,  # noqa: F811
 ) -> None:
-    from plugin.evaluate import evaluate_stages
-    from tests.plugin.test_evaluate import QRELS, QUERIES
+    from plugin.offline_eval import evaluate_stages
+    from tests.plugin.test_offline_eval import QRELS, QUERIES
 
     vector, tuned = evaluate_stages(
         pipeline, QUERIES, QRELS, ["vector", "tuned-vector"], tuned_encoder=pipeline

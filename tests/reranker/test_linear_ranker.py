@@ -22,7 +22,7 @@ from reranker.features import (
     stage_features,
     title_features,
 )
-from reranker.ltr import LinearRanker, RankingGroup, fit_linear_ranker
+from reranker.linear_ranker import LinearRanker, RankingGroup, fit_linear_ranker
 from tests.conftest import make_product
 
 
