@@ -79,8 +79,9 @@ class FairnessResult:
         return [item.id for item in self.items]
 
 
-class PostProcessor(Protocol):
-    """What every fairness post-processor does: a ranked list in, a permutation of it out."""
+class FairReordering(Protocol):
+    """What every fairness policy does: a ranked list in, a permutation of it out (run by the
+    pipeline's `plugin.post_processors.Fairness` step)."""
 
     def rerank(self, items: Sequence[FairnessItem]) -> FairnessResult: ...
 

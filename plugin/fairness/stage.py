@@ -22,9 +22,9 @@ from plugin.fairness.items import (
     NO_GROUP,
     FairnessItem,
     FairnessResult,
+    FairReordering,
     GroupKey,
     Move,
-    PostProcessor,
     field_of,
     group_counts,
     group_of,
@@ -96,7 +96,7 @@ def named_group(query: str, groups: Iterable[str]) -> str | None:
 
 def post_processor(
     policy: FairnessPolicy, k: int, store: ExposureStore | None = None
-) -> PostProcessor:
+) -> FairReordering:
     top = policy.k or k
     if policy.policy == "amortized":
         if store is None:

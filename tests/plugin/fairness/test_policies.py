@@ -16,7 +16,7 @@ from plugin.fairness.items import (
     NO_GROUP,
     FairnessItem,
     FairnessResult,
-    PostProcessor,
+    FairReordering,
     group_counts,
     make_items,
     rare_groups,
@@ -134,7 +134,7 @@ def test_ties_keep_input_order() -> None:
 
 def test_every_processor_returns_nothing_for_nothing() -> None:
     store = InMemoryExposureStore()
-    processors: list[PostProcessor] = [
+    processors: list[FairReordering] = [
         FairTopK(),
         ExposureParity(),
         GroupCap(),
