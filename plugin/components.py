@@ -23,6 +23,9 @@ from reranker.base import NoReranker, Reranker
 from reranker.cross_encoder import DEFAULT_MAX_LENGTH, InProcessCrossEncoder, read_model_card
 from reranker.errors import RerankerError
 from reranker.linear_ranker import LinearRanker
+from reranker.onnx_cross_encoder import OnnxCrossEncoder
+from reranker.onnx_export import export_onnx
+from reranker.triton import TritonReranker
 
 logger = logging.getLogger(__name__)
 
@@ -48,8 +51,6 @@ def onnx_reranker_folder(checkpoint: Path, cache_dir: Path) -> Path:
     made on first use (INT8 and fp32) and keyed by the checkpoint's content."""
     if (checkpoint / ONNX_CARD).is_file():
         return checkpoint
-    from reranker.onnx_export import export_onnx
-
     card = read_model_card(checkpoint)  # its max_length is the export's: part of the key
     length = card.max_length if card else DEFAULT_MAX_LENGTH
     key = f"{folder_digest(checkpoint)[:16]}-l{length}-f{EXPORT_FORMAT}"
@@ -95,8 +96,6 @@ def build_reranker(settings: Settings) -> Reranker:
     if settings.reranker == "none":
         return NoReranker()
     if settings.reranker == "triton":
-        from reranker.triton import TritonReranker
-
         try:
             return TritonReranker(
                 settings.triton_url, checkpoint=reranker_checkpoint(settings),
@@ -113,8 +112,6 @@ def build_reranker(settings: Settings) -> Reranker:
             f"{PACKAGED_RERANKER}"
         )
     if settings.reranker == "onnx":
-        from reranker.onnx_cross_encoder import OnnxCrossEncoder
-
         try:
             folder = onnx_reranker_folder(checkpoint, settings.indexer.onnx_cache_dir)
         except (RerankerError, IndexerError, OSError) as e:
@@ -144,6 +141,7 @@ def build_fallback_final_ranker(settings: Settings) -> LinearRanker | None:
 
 def build_session_store(settings: Settings) -> SessionStore:
     if settings.session_store == "redis":
+        # Imported here: the redis client is needed only by servers that use Redis.
         from plugin.redis_session_store import RedisSessionStore
 
         return RedisSessionStore(settings.redis_url, ttl_seconds=settings.session_ttl_seconds)

@@ -18,7 +18,7 @@ from plugin.pipeline import SearchPipeline
 from reranker.distillation import DEFAULT_GROUP_SIZE, DistillGroup, make_group
 from reranker.linear_ranker import LinearRanker
 from reranker.pseudo_queries import PseudoQuery
-from reranker.query_writer import ProductFields
+from reranker.query_writer import ProductFields, product_fields
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +72,4 @@ def distillation_groups(
 
 def fields_of(products: Mapping[str, Product]) -> dict[str, ProductFields]:
     """The query writer's view of every product."""
-    from reranker.query_writer import product_fields
-
     return {pid: product_fields(product) for pid, product in products.items()}

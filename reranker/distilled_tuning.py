@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from indexer.model_files import MODEL_CARD
 from reranker.cross_encoder import TunedModelCard, inner_model
 from reranker.distillation import DistillGroup
 from reranker.listwise import (
@@ -132,8 +133,6 @@ def train_distilled(
         versions={name: version(name) for name in _LIBRARIES},
         created_at=_now(),
     )
-    from indexer.model_files import MODEL_CARD
-
     (out / MODEL_CARD).write_text(card.model_dump_json(indent=2) + "\n", encoding="utf-8")
     (out / "README.md").write_text(render_card(
         card, title="shoprank cross-encoder reranker (distilled, no judgments read directly)",
