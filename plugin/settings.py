@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from indexer.settings import IndexerSettings
 from plugin.models import FairnessPolicy, OutOfStock
@@ -95,8 +96,46 @@ class Settings(BaseSettings):
     out_of_stock: OutOfStock = "demote"
     #: Key for the admin endpoints (PUT/DELETE /products); unset disables them.
     admin_api_key: SecretStr | None = None
+    #: Per-client token buckets on `/search` and `/events` (each its own), keyed by the client
+    #: address. Off by default: behind a shop's backend or a proxy that uvicorn does not trust
+    #: for X-Forwarded-For, one address stands for every shopper (README, "Security").
+    rate_limit: bool = False
+    #: Requests per second each client's bucket refills with, and how many it holds (a burst).
+    rate_limit_per_second: float = Field(default=10.0, gt=0, le=100_000)
+    rate_limit_burst: int = Field(default=20, ge=1, le=100_000)
+    #: The most clients a bucket table remembers; the least recently seen go first.
+    rate_limit_max_clients: int = Field(default=10_000, ge=1, le=10_000_000)
+    #: Request bodies over this many bytes are refused (413) before they are read: 2 MiB holds
+    #: a batch of 1,000 impression events of 24 results each (about 1.4 MB).
+    max_body_bytes: int = Field(default=2 * 1024 * 1024, ge=1024, le=1 << 30)
+    #: Origins browsers may call the API from (CORS), as a JSON list or separated by commas;
+    #: empty: no CORS headers at all.
+    cors_allow_origins: Annotated[list[str], NoDecode] = []
+
+    @field_validator("cors_allow_origins", mode="before")
+    @classmethod
+    def _origins(cls, value: object) -> object:
+        """A JSON list or comma-separated text; each entry a bare ``scheme://host[:port]``."""
+        if isinstance(value, str):
+            text = value.strip()
+            value = json.loads(text) if text.startswith("[") else text.split(",")
+        if not isinstance(value, list):
+            return value
+        return [_origin(str(entry)) for entry in value if str(entry).strip()]
+
     indexer: IndexerSettings = Field(default_factory=IndexerSettings)
 
     @property
     def index_root(self) -> Path:
         return self.indexer.indexes_dir / self.index
+
+
+def _origin(text: str) -> str:
+    """One CORS origin as browsers send it (no trailing slash), or a ValueError naming it."""
+    origin = text.strip().rstrip("/")
+    parts = urlsplit(origin)
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.path or parts.query:
+        raise ValueError(
+            f"SHOPRANK_CORS_ALLOW_ORIGINS: {text!r} is not an origin like https://shop.example"
+        )
+    return origin

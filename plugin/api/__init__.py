@@ -4,6 +4,10 @@
 - `dependencies`: what handlers get through `Depends` (pipeline, settings, admin key, filters);
 - `error_handlers`: the package errors translated to HTTP statuses, once for every route;
 - `search`, `products`, `sessions`, `operations`: the routers, one per job.
+- `cors`, `rate_limit`, `body_limit`: the request guards, ASGI middleware that answer before a
+  handler runs (CORS closed unless origins are set, 429 past a client's rate, 413 past the
+  body limit);
+- `docs`: the `/docs` and `/redoc` pages with their files served locally (no CDN).
 """
 
 from __future__ import annotations

@@ -1,8 +1,10 @@
-"""The app factory: the lifespan builds the pipeline and closes it; the routers are mounted."""
+"""The app factory: the lifespan builds the pipeline and closes it; the routers and the docs
+pages are mounted behind the request guards (CORS, rate limits, the body limit)."""
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
@@ -11,7 +13,11 @@ from fastapi import FastAPI
 
 from indexer.errors import IndexerError
 from plugin.api import operations, products, search, sessions
+from plugin.api.body_limit import BodyLimitMiddleware
+from plugin.api.cors import ConfiguredCors
+from plugin.api.docs import add_docs
 from plugin.api.error_handlers import add_error_handlers
+from plugin.api.rate_limit import Clock, RateLimitMiddleware, route_buckets
 from plugin.components import build_pipeline
 from plugin.pipeline import SearchPipeline
 from plugin.settings import Settings
@@ -21,15 +27,19 @@ logger = logging.getLogger(__name__)
 
 @asynccontextmanager
 async def lifespan(
-    app: FastAPI, *, settings: Settings | None, pipeline: SearchPipeline | None
+    app: FastAPI, *, settings: Settings | None, pipeline: SearchPipeline | None, clock: Clock
 ) -> AsyncIterator[None]:
     """Resolve the settings, build the pipeline unless one was given, warm it up, close it.
+
+    The request guards read the settings and the rate limits' buckets (timed by ``clock``)
+    from ``app.state``.
 
     A missing or unreachable index does not stop the process: `/healthz` answers and the
     routes that need the index answer 503 until it exists.
     """
     resolved = settings or Settings()
     app.state.settings = resolved
+    app.state.rate_limits = route_buckets(resolved, clock)
     app.state.pipeline = pipeline or build_pipeline(resolved)
     try:
         app.state.pipeline.store.count()
@@ -40,8 +50,14 @@ async def lifespan(
     app.state.pipeline.close()
 
 
-def create_app(settings: Settings | None = None, pipeline: SearchPipeline | None = None) -> FastAPI:
-    """Build the app. Settings are read from the environment when the app starts.
+def create_app(
+    settings: Settings | None = None,
+    pipeline: SearchPipeline | None = None,
+    *,
+    clock: Clock = time.monotonic,
+) -> FastAPI:
+    """Build the app. Settings are read from the environment when the app starts; ``clock``
+    times the rate limits (tests pass their own).
 
     >>> from fastapi.testclient import TestClient
     >>> with TestClient(create_app(Settings(index="demo"))) as client:
@@ -52,9 +68,17 @@ def create_app(settings: Settings | None = None, pipeline: SearchPipeline | None
         title="shoprank",
         summary="Product search: BM25 + vector retrieval fused with RRF, optional reranking.",
         version="0.1.0",
-        lifespan=partial(lifespan, settings=settings, pipeline=pipeline),
+        lifespan=partial(lifespan, settings=settings, pipeline=pipeline, clock=clock),
+        docs_url=None,
+        redoc_url=None,
     )
     add_error_handlers(app)
     for router in (search.router, products.router, sessions.router, operations.router):
         app.include_router(router)
+    add_docs(app)
+    # The last added runs first: CORS headers go on every answer, the guards' included; a
+    # client over its rate is answered before its body is looked at.
+    app.add_middleware(BodyLimitMiddleware)
+    app.add_middleware(RateLimitMiddleware)
+    app.add_middleware(ConfiguredCors)
     return app

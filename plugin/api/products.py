@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from indexer.indexing import upsert_products
 from indexer.schema import Product
 from indexer.updates import update_product
+from plugin.api.body_limit import BODY_TOO_LARGE_RESPONSE
 from plugin.api.dependencies import ADMIN, PipelineDep
 from plugin.api.error_handlers import request_validation_error
 from plugin.errors import UnknownProductError
@@ -34,7 +35,8 @@ def get_product(product_id: str, pipeline: PipelineDep) -> Product:
     return _stored(pipeline, product_id)
 
 
-@router.put("/products/{product_id}", response_model=Product, dependencies=ADMIN)
+@router.put("/products/{product_id}", response_model=Product, dependencies=ADMIN,
+            responses=BODY_TOO_LARGE_RESPONSE)
 def put_product(product_id: str, body: Product, pipeline: PipelineDep) -> Product:
     """Add or replace one product; it is searchable when the response arrives."""
     if body.id != product_id:
@@ -46,7 +48,8 @@ def put_product(product_id: str, body: Product, pipeline: PipelineDep) -> Produc
     return body
 
 
-@router.patch("/products/{product_id}", response_model=Product, dependencies=ADMIN)
+@router.patch("/products/{product_id}", response_model=Product, dependencies=ADMIN,
+              responses=BODY_TOO_LARGE_RESPONSE)
 def patch_product(
     product_id: str,
     changes: Annotated[dict[str, Any], Body(examples=[{"price": 19.99, "in_stock": False}])],

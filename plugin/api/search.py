@@ -8,14 +8,17 @@ from typing import Annotated, Any
 from fastapi import APIRouter, HTTPException, Query
 
 from indexer.store import Filters
+from plugin.api.body_limit import BODY_TOO_LARGE_RESPONSE
 from plugin.api.dependencies import FiltersDep, KParam, PipelineDep
+from plugin.api.rate_limit import RATE_LIMITED_RESPONSE
 from plugin.models import RecommendResponse, SearchRequest, SearchResponse, SessionId
 from plugin.recommend import NoHistoryError, recommend, similar
 
 router = APIRouter()
 
 
-@router.post("/search", response_model=SearchResponse, response_model_exclude_none=True)
+@router.post("/search", response_model=SearchResponse, response_model_exclude_none=True,
+             responses={**RATE_LIMITED_RESPONSE, **BODY_TOO_LARGE_RESPONSE})
 def search(body: SearchRequest, pipeline: PipelineDep) -> SearchResponse:
     return pipeline.search(body)
 

@@ -13,8 +13,10 @@ from fastapi import APIRouter, HTTPException, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from pydantic import TypeAdapter, ValidationError
 
+from plugin.api.body_limit import BODY_TOO_LARGE_RESPONSE
 from plugin.api.dependencies import ADMIN, PipelineDep
 from plugin.api.error_handlers import request_validation_error
+from plugin.api.rate_limit import RATE_LIMITED_RESPONSE
 from plugin.events import Event, EventBatch, EventRecorder, RecordResult, session_summary
 from plugin.models import SessionId
 
@@ -26,6 +28,7 @@ _SINGLE_EVENT: TypeAdapter[Event] = TypeAdapter(Event)
 @router.post(
     "/events",
     response_model=RecordResult,
+    responses={**RATE_LIMITED_RESPONSE, **BODY_TOO_LARGE_RESPONSE},
     openapi_extra={
         "requestBody": {
             "required": True,
