@@ -50,6 +50,9 @@ class ModeChoice(StrEnum):
     hybrid = "hybrid"
 
 
+CheckpointOption = Annotated[
+    Path | None, typer.Option("--checkpoint", help="Cross-encoder checkpoint folder.")
+]
 IndexOption = Annotated[
     str | None, typer.Option("--index", help="Index name under $SHOPRANK_HOME/indexes.")
 ]

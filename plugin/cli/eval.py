@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from indexer.catalog import load_catalog
 from indexer.errors import CatalogError, IndexerError
 from plugin.cli.common import (
+    CheckpointOption,
     IndexOption,
     RerankerChoice,
     StoreOption,
@@ -104,9 +105,7 @@ def evaluate(
     reranker: Annotated[RerankerChoice | None, typer.Option(
         "--reranker", help="onnx (default, the packaged cross-encoder), cross-encoder, triton "
         "or none; with a reranker the final stage reads its score.")] = None,
-    checkpoint: Annotated[
-        Path | None, typer.Option("--checkpoint", help="Cross-encoder checkpoint folder.")
-    ] = None,
+    checkpoint: CheckpointOption = None,
     final_ranker: Annotated[
         str | None,
         typer.Option("--final-ranker", help="default, none, or a file from `tune ranker`."),

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from enum import StrEnum
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from plugin.cli.common import (
+    CheckpointOption,
     IndexOption,
     RerankerChoice,
     StoreOption,
@@ -49,9 +49,7 @@ def serve(
                      "Runtime INT8, or an `export onnx` folder / tuned --checkpoint), "
                      "cross-encoder (torch, in process), triton, or none."),
     ] = None,
-    checkpoint: Annotated[
-        Path | None, typer.Option("--checkpoint", help="Cross-encoder checkpoint folder.")
-    ] = None,
+    checkpoint: CheckpointOption = None,
     triton_url: Annotated[
         str | None, typer.Option("--triton-url", help="Triton's HTTP endpoint (--reranker triton).")
     ] = None,

@@ -12,6 +12,7 @@ from rich.table import Table
 
 from indexer.errors import IndexerError
 from plugin.cli.common import (
+    CheckpointOption,
     RerankerChoice,
     build_settings,
     catalog_label,
@@ -52,9 +53,7 @@ def tune_ranker(
         typer.Option("--reranker", help="Whose score the stage reads (default onnx: the "
                      "packaged cross-encoder); none fits it without."),
     ] = None,
-    checkpoint: Annotated[
-        Path | None, typer.Option("--checkpoint", help="Cross-encoder checkpoint folder.")
-    ] = None,
+    checkpoint: CheckpointOption = None,
     cv: Annotated[
         int, typer.Option("--cv", min=2, max=20, help="Folds for the model card's estimate.")
     ] = 5,
