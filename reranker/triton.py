@@ -16,7 +16,7 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -47,9 +47,11 @@ class CircuitBreaker:
     False
     """
 
-    def __init__(self, *, failures: int = 3, reset_seconds: float = 5.0) -> None:
+    def __init__(self, *, failures: int = 3, reset_seconds: float = 5.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.threshold = failures
         self.reset_seconds = reset_seconds
+        self._clock = clock
         self._failures = 0
         self._opened_at: float | None = None
         self._trial_running = False
@@ -64,7 +66,7 @@ class CircuitBreaker:
 
     def _due(self) -> bool:
         return self._opened_at is not None and (
-            time.monotonic() - self._opened_at >= self.reset_seconds
+            self._clock() - self._opened_at >= self.reset_seconds
         )
 
     def allows(self) -> bool:
@@ -86,7 +88,7 @@ class CircuitBreaker:
             self._failures += 1
             self._trial_running = False
             if self._opened_at is not None or self._failures >= self.threshold:
-                self._opened_at = time.monotonic()
+                self._opened_at = self._clock()
 
 
 class TritonReranker:

@@ -56,9 +56,9 @@ def export_reranker_command(
     client = TritonReranker(url, timeout_seconds=5)
     try:
         if not client.live():
-            out.print(f"no Triton answers at {url}: a server started on {repository} "
-                      "(scripts/triton start) serves the newest version.")
-            return
+            fail(f"no Triton answers at {url}: version {exported.version} was written to "
+                 f"{exported.folder}, and a server started on {repository} (scripts/triton "
+                 "start) serves it; pass --no-load to only write it", code=1)
         try:
             client.load(exported.version)
         except RerankerError as e:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -225,13 +224,15 @@ def test_replace_all_swaps_the_whole_catalog(
     assert [h.product_id for h in store.search_bm25("espresso", 5)] == ["n1"]
 
 
-def test_live_upsert_and_delete_are_searchable_within_a_second(
+def test_live_upsert_and_delete_are_searchable_when_the_call_returns(
     store: VectorStore, tiny_products: list[Product]
 ) -> None:
+    """No wait and no poll between a change and the searches that must see it: each store
+    makes a change searchable before `upsert`/`delete` return (how long that takes is a
+    benchmark's business, not this test's)."""
     new = make_product("p7", "espresso machine", brand="Bolt", category=["Kitchen"], price=99.0)
     cheaper = tiny_products[1].model_copy(update={"price": 20.0, "title": "blue trail shoes"})
     vectors = axis_vectors(8)[6:8]
-    started = time.monotonic()
     assert store.upsert([new, cheaper], vectors) == 2
     assert [h.product_id for h in store.search_bm25("espresso", 5)] == ["p7"]
     assert store.search_vector(vectors[0], 1)[0].product_id == "p7"
@@ -239,7 +240,6 @@ def test_live_upsert_and_delete_are_searchable_within_a_second(
     assert [h.product_id for h in in_range] == ["p2"]
     assert store.delete(["p6", "missing"]) == 1
     assert store.search_bm25("coffee grinder", 5) == [] and store.get("p6") is None
-    assert time.monotonic() - started < 1.0  # every step above ran on searchable data
     assert store.count() == 6
 
 

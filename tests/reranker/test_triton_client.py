@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import socket
-import time
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
 from indexer.indexing import index_products
 from indexer.local_store import LocalStore
+from plugin.cli import app as cli
 from plugin.models import SearchRequest
 from plugin.pipeline import SearchPipeline
 from plugin.search_plan import SearchSettings
@@ -29,18 +30,32 @@ def _dead_url() -> str:
     return f"http://127.0.0.1:{port}"
 
 
+class FakeClock:
+    """Time that moves only when a test says so."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def test_breaker_opens_after_repeated_failures_and_lets_one_trial_through() -> None:
-    breaker = CircuitBreaker(failures=2, reset_seconds=0.05)
+    clock = FakeClock()
+    breaker = CircuitBreaker(failures=2, reset_seconds=5.0, clock=clock)
     breaker.failed()
     assert breaker.state == "closed" and breaker.allows()
     breaker.failed()
     assert breaker.state == "open" and not breaker.allows()
-    time.sleep(0.06)
+    clock.now += 4.9
+    assert breaker.state == "open" and not breaker.allows()
+    clock.now += 0.1
+    assert breaker.state == "half-open"
     assert breaker.allows()  # the trial call
     assert not breaker.allows()  # and only one at a time
     breaker.failed()
     assert breaker.state == "open"
-    time.sleep(0.06)
+    clock.now += 5.0
     assert breaker.allows()
     breaker.succeeded()
     assert breaker.state == "closed" and breaker.allows()
@@ -136,6 +151,25 @@ def test_export_refuses_what_is_not_a_checkpoint_or_a_repository(tmp_path: Path)
     with pytest.raises(CheckpointError, match="not a shoprank model repository"):
         export_reranker(_full_checkpoint(tmp_path), tmp_path / "elsewhere")
     assert not (repository / MODEL_NAME / "1").exists()
+
+
+def test_export_to_an_unreachable_triton_exits_1_naming_the_url(tmp_path: Path) -> None:
+    """The README's promise for every command: an unreachable server exits with code 1 and a
+    message naming its URL. The version is written all the same; a server started on the
+    repository serves it."""
+    repository, checkpoint, url = _repository(tmp_path), _full_checkpoint(tmp_path), _dead_url()
+    result = CliRunner().invoke(cli, [
+        "export", "reranker", "--checkpoint", str(checkpoint), "--repository", str(repository),
+        "--triton-url", url,
+    ])
+    assert result.exit_code == 1, result.output
+    assert f"no Triton answers at {url}" in " ".join(result.output.split())
+    assert (repository / MODEL_NAME / "1" / MODEL_FILE).is_file()
+    written = CliRunner().invoke(cli, [
+        "export", "reranker", "--checkpoint", str(checkpoint), "--repository", str(repository),
+        "--triton-url", url, "--no-load",
+    ])
+    assert written.exit_code == 0 and (repository / MODEL_NAME / "2").is_dir(), written.output
 
 
 def test_a_url_with_another_scheme_is_refused_at_once() -> None:
