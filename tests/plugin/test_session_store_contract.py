@@ -265,6 +265,11 @@ def _closed_port() -> int:
     return port
 
 
+#: A call to a dead or silent Redis with a sub-second timeout returns within this: far below a
+#: hang (no timeout) or a retry loop, and far above what a busy two-core machine adds.
+BOUNDED_SECONDS = 10.0
+
+
 def test_an_unreachable_redis_fails_fast_naming_the_url() -> None:
     url = f"redis://:secret@127.0.0.1:{_closed_port()}/0"
     store = RedisSessionStore(url, timeout_seconds=0.5)
@@ -279,7 +284,7 @@ def test_an_unreachable_redis_fails_fast_naming_the_url() -> None:
         started = time.monotonic()
         with pytest.raises(SessionStoreError, match=re.escape(store.location)) as raised:
             call()
-        assert time.monotonic() - started < 2.0
+        assert time.monotonic() - started < BOUNDED_SECONDS
         assert "secret" not in str(raised.value)
         assert isinstance(raised.value.__cause__, redis.RedisError)
     store.close()
@@ -294,7 +299,7 @@ def test_a_redis_that_does_not_answer_times_out() -> None:
         started = time.monotonic()
         with pytest.raises(SessionStoreError, match=re.escape(url)):
             store.get("s1")
-        assert time.monotonic() - started < 2.0
+        assert time.monotonic() - started < BOUNDED_SECONDS
         store.close()
 
 
