@@ -21,6 +21,7 @@ from plugin.api.rate_limit import Clock, RateLimitMiddleware, route_buckets
 from plugin.components import build_pipeline
 from plugin.pipeline import SearchPipeline
 from plugin.settings import Settings
+from plugin.web import router as web_router
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +76,7 @@ def create_app(
     add_error_handlers(app)
     for router in (search.router, products.router, sessions.router, operations.router):
         app.include_router(router)
+    app.include_router(web_router)
     add_docs(app)
     # The last added runs first: CORS headers go on every answer, the guards' included; a
     # client over its rate is answered before its body is looked at.
