@@ -95,7 +95,7 @@ def _file_stamp(path: Path) -> tuple[int, int]:
     """Modification time and size: either changes when another writer edits the file."""
     try:
         stat = path.stat()
-    except FileNotFoundError:
+    except OSError:  # missing, or under something that is not a folder: writing will say
         return (-1, -1)
     return (stat.st_mtime_ns, stat.st_size)
 

@@ -121,3 +121,23 @@ def test_a_page_url_keeps_its_settings() -> None:
     assert page.filters() is not None and page.filters().brand == ["Ikea"]  # type: ignore[union-attr]
     assert page.url() == "/?q=lamp&brand=Ikea&in_stock=1&k=20"
     assert page.url("/compare", k=None) == "/compare?q=lamp&brand=Ikea&in_stock=1"
+
+
+def test_a_judgments_file_that_cannot_be_written_is_a_503_and_nothing_is_claimed(
+    client: TestClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    monkeypatch.setenv("SHOPRANK_QRELS", str(blocker / "qrels.txt"))
+    monkeypatch.setenv("SHOPRANK_QUERIES", str(blocker / "queries.tsv"))
+    failed = client.post("/ui/judgments", json={"query": "q", "product_id": "p1", "grade": 2},
+                         headers={"X-API-Key": KEY})
+    assert failed.status_code == 503 and "cannot write" in failed.json()["detail"]
+
+
+def test_the_page_says_when_the_index_is_missing() -> None:
+    with TestClient(create_app(Settings(index="empty"))) as client:
+        empty = client.get("/")
+        assert empty.status_code == 200 and 'id="q"' in empty.text
+        missing = client.get("/", params={"q": "lamp"})
+        assert missing.status_code == 503 and "search is not available" in missing.text
