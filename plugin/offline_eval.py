@@ -74,6 +74,8 @@ class StageResult:
     scores: dict[str, list[float]] = field(default_factory=dict)
     #: The ranking under the evaluated fairness policy, if one was given.
     fairness: StageFairness | None = None
+    #: Each query's search time (empty for cross-validated stages, which are not timed).
+    latencies_ms: list[float] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -299,7 +301,7 @@ def evaluate_stages(
             run, latencies, scores = _full_run(pipeline, queries, stage)
         report = evaluate_run(run, judged, k=k, candidates_depth=MAX_K, gains=gains)
         result = StageResult(stage, run, report, statistics.median(latencies), note=note,
-                             scores=scores)
+                             scores=scores, latencies_ms=[t for t in latencies if t == t])
         if fairness is not None:
             result.fairness = evaluate_fairness(
                 fairness, run, scores, judged, report, k=k, gains=gains,

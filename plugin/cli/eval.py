@@ -38,6 +38,7 @@ from plugin.offline_eval import (
     CrossValidation,
     EvalProtocol,
     Stage,
+    StageResult,
     evaluate_stages,
     markdown,
     summary,
@@ -47,6 +48,8 @@ from plugin.settings import Settings
 from reranker.errors import RerankerError
 from reranker.metrics import (
     ESCI_GAINS,
+    Gains,
+    Qrels,
     load_qrels,
     load_queries,
     parse_gains,
@@ -137,6 +140,13 @@ def evaluate(
             "products without a brand are never protected by it.",
         ),
     ] = None,
+    report: Annotated[
+        Path | None,
+        typer.Option("--report", help="Also write DIR/index.html: plots of nDCG@k per stage "
+                     "with CIs, latency distributions, the fairness trade-off curve (with "
+                     "--fairness) and the adaptive rerank window's quality/latency curve (with "
+                     "a reranker: the judged queries are searched once more per budget)."),
+    ] = None,
     store: StoreOption = None,
     opensearch_url: UrlOption = None,
 ) -> None:
@@ -189,6 +199,12 @@ def evaluate(
             cross_validation=None if cv is None else CrossValidation(cv, cv_seed),
             tuned_encoder=tuned, fairness=setup, on_fold=_print_fold,
         )
+        if report is not None:
+            title = f"{catalog.parent.name}/{catalog.name}"
+            path = _write_report(report, title, results, markdown(
+                results, chosen_protocol, title, setup), pipeline, query_texts, judgments,
+                setup, k=k, gains=gain_table, full=chosen_protocol == "full")
+            console.print(f"report written to {path}")
     except (IndexerError, RerankerError, PluginError) as e:
         fail(str(e), code=1)
     chosen = next(r for r in results if r.stage == (stage or stages[-1]))
@@ -210,6 +226,29 @@ def evaluate(
     skipped = results[0].report.skipped_queries
     if skipped:
         console.print(f"{len(skipped)} queries had no positive judgment: skipped")
+
+
+def _write_report(
+    folder: Path, title: str, results: list[StageResult], table: str, pipeline: SearchPipeline,
+    queries: dict[str, str], qrels: Qrels, setup: FairnessSetup | None, *, k: int,
+    gains: Gains | None, full: bool,
+) -> Path:
+    """--report: the plots (`plugin.eval_report`); the window curve needs a reranker and the
+    full protocol (it runs real searches)."""
+    from plugin.eval_report import fairness_curve, window_curve, write_report
+
+    last = results[-1]
+    curve = None
+    if setup is not None and last.scores:
+        curve = fairness_curve(setup, last, qrels, queries, k=k, gains=gains)
+    window = None
+    if full and pipeline.has_reranker:
+        console.print("report: the rerank stage under each latency budget ...")
+        window = window_curve(pipeline, queries, qrels, k=k, gains=gains)
+    try:
+        return write_report(folder, title, results, table, k=k, fairness=curve, window=window)
+    except OSError as e:
+        fail(f"--report: cannot write {folder}: {e}", code=1)
 
 
 def _print_fold(done: FoldDone) -> None:
