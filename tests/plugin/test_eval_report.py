@@ -13,7 +13,8 @@ from plugin.offline_eval import StageResult, evaluate_stages, markdown
 from plugin.pipeline import SearchPipeline
 from reranker.metrics import evaluate_run
 from tests.conftest import axis_vectors
-from tests.plugin.fairness.test_evaluation import FAIR_TOPK, QRELS as FAIR_QRELS, RUN, catalog
+from tests.plugin.fairness.test_evaluation import FAIR_TOPK, RUN, catalog
+from tests.plugin.fairness.test_evaluation import QRELS as FAIR_QRELS
 
 QUERIES = {"q1": "shoe maker", "q2": "big shoe", "q3": "small shoe"}
 QRELS = {"q1": {"s0": 1, "s1": 2}, "q2": {"b3": 1}, "q3": {"s2": 3, "b1": 1}}
