@@ -8,6 +8,7 @@ they call the same `SearchPipeline.search` the API does, so the page shows what 
 
 from __future__ import annotations
 
+import math
 import secrets
 from collections.abc import Sequence
 from functools import cache
@@ -59,6 +60,31 @@ def get_judgments(request: Request) -> Judgments | None:
 
 
 JudgmentsDep = Annotated[Judgments | None, Depends(get_judgments)]
+
+
+async def search_allowance(request: Request) -> None:
+    """A page that searches spends the client's `POST /search` tokens (when rate limits are
+    on), one per search it runs: the page is no way around the API's limit. Async, so it runs
+    on the event loop as the limit's middleware does (the buckets have no lock)."""
+    if not request.query_params.get("q", "").strip():
+        return
+    buckets = getattr(request.app.state, "rate_limits", {}).get("/search")
+    if buckets is None:
+        return
+    client = request.client.host if request.client else "unknown"
+    searches = 2 if request.url.path.endswith("/compare") else 1
+    for _ in range(searches):
+        wait = buckets.take(client)
+        if wait is not None:
+            seconds = max(1, math.ceil(wait))
+            raise HTTPException(
+                status_code=429, headers={"Retry-After": str(seconds)},
+                detail=f"rate limit exceeded on /search (the page's searches count too); "
+                f"retry after {seconds} s",
+            )
+
+
+SEARCHES = (Depends(search_allowance),)
 
 
 class PageError(Exception):
@@ -126,8 +152,9 @@ def _render(
         request, name, {"session_id": session_id, "configurations": CONFIGURATIONS, **context},
         status_code=status,
     )
+    # The page's script reads the id from the page, never from the cookie.
     response.set_cookie(SESSION_COOKIE, session_id, max_age=86_400, samesite="lax",
-                        httponly=False)
+                        httponly=True)
     return response
 
 
@@ -153,7 +180,7 @@ def _results(
     }
 
 
-@router.get("/", response_class=HTMLResponse)
+@router.get("/", response_class=HTMLResponse, dependencies=SEARCHES)
 def search_page(request: Request, pipeline: PipelineDep, judgments: JudgmentsDep) -> Response:
     """The search page; with ``q`` the server renders the first results."""
     session_id = _session_id(request)
@@ -172,7 +199,7 @@ def search_page(request: Request, pipeline: PipelineDep, judgments: JudgmentsDep
     return _render(request, "search.html", context, session_id)
 
 
-@router.get("/ui/results", response_class=HTMLResponse)
+@router.get("/ui/results", response_class=HTMLResponse, dependencies=SEARCHES)
 def more_results(request: Request, pipeline: PipelineDep, judgments: JudgmentsDep) -> Response:
     """Results from ``offset`` on, as list items ("more" appends them to the page)."""
     session_id = _session_id(request)
@@ -213,7 +240,7 @@ def product_page(request: Request, product_id: str, pipeline: PipelineDep) -> Re
     }, _session_id(request))
 
 
-@router.get("/compare", response_class=HTMLResponse)
+@router.get("/compare", response_class=HTMLResponse, dependencies=SEARCHES)
 def compare_page(request: Request, pipeline: PipelineDep, judgments: JudgmentsDep) -> Response:
     """One query under two configurations (``a=`` and ``b=``) side by side, moves marked."""
     session_id = _session_id(request)

@@ -141,3 +141,19 @@ def test_the_page_says_when_the_index_is_missing() -> None:
         assert empty.status_code == 200 and 'id="q"' in empty.text
         missing = client.get("/", params={"q": "lamp"})
         assert missing.status_code == 503 and "search is not available" in missing.text
+
+
+def test_the_page_spends_the_search_rate_limit(
+    tiny_products: list[Product], tmp_path: Path
+) -> None:
+    store = LocalStore(tmp_path / "idx")
+    store.replace_all(tiny_products, axis_vectors(len(tiny_products)))
+    pipeline = SearchPipeline(store, AxisEncoder({}))  # type: ignore[arg-type]
+    settings = Settings(index="tiny", rate_limit=True, rate_limit_burst=2,
+                        rate_limit_per_second=0.01)
+    with TestClient(create_app(settings, pipeline)) as client:
+        assert client.get("/").status_code == 200  # no search, no token
+        assert client.get("/", params={"q": "shoes"}).status_code == 200
+        assert client.post("/search", json={"query": "shoes"}).status_code == 200
+        limited = client.get("/", params={"q": "shoes"})
+        assert limited.status_code == 429 and "Retry-After" in limited.headers
