@@ -157,3 +157,13 @@ def test_the_page_spends_the_search_rate_limit(
         assert client.post("/search", json={"query": "shoes"}).status_code == 200
         limited = client.get("/", params={"q": "shoes"})
         assert limited.status_code == 429 and "Retry-After" in limited.headers
+
+
+def test_compare_runs_fairness_off_against_on_and_names_a_stage_the_server_lacks(
+    client: TestClient,
+) -> None:
+    fair = client.get("/compare", params={"q": "running", "a": "no-fair", "b": "fair"})
+    assert fair.status_code == 200
+    assert 'data-config="no-fair"' in fair.text and "fairness group_cap moved" in fair.text
+    lacking = client.get("/compare", params={"q": "running", "a": "rerank", "b": "default"})
+    assert lacking.status_code == 400 and "config &#39;rerank&#39;" in lacking.text
