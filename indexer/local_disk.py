@@ -11,6 +11,8 @@ from indexer.errors import StoreError
 
 #: errnos that mean "no room left", whatever the filesystem calls it.
 _FULL = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded"}
+#: Less room than this left on a filesystem counts as full.
+_NEARLY_FULL_BYTES = 1 << 16
 
 
 def fsync_tree(path: Path, *, recursive: bool = True) -> None:
@@ -33,8 +35,18 @@ def disk_error(action: str, path: Path, error: OSError) -> StoreError:
     'cannot write a new version of index /srv/idx: the disk is full (no space left on device)'
     """
     full = _FULL.get(error.errno or 0)
+    if full is None and error.errno is None and _nearly_full(path):
+        full = _FULL[errno.ENOSPC]  # a short write (numpy's) carries no errno
     reason = f"the disk is full ({full})" if full else (error.strerror or str(error))
     return StoreError(f"cannot {action} {path}: {reason}")
+
+
+def _nearly_full(path: Path) -> bool:
+    try:
+        stats = os.statvfs(path)
+    except OSError:
+        return False
+    return stats.f_bavail * stats.f_frsize < _NEARLY_FULL_BYTES
 
 
 def remove_path(path: Path) -> None:

@@ -322,12 +322,14 @@ class LocalStore:
                 pointer.write_text(version + "\n", encoding="utf-8")
                 fsync_tree(pointer)
             except BaseException as e:
+                failure = (
+                    disk_error("write a new version of index", self.root, e)
+                    if isinstance(e, OSError) else None
+                )  # before the cleanup frees the space it names
                 for partial in (staging, self.root / version, pointer):
                     remove_path(partial)
-                logger.error("rebuild of %s failed; the partial version %s was removed, the "
-                             "serving version is unchanged", self.root, version)
-                if isinstance(e, OSError):
-                    raise disk_error("write a new version of index", self.root, e) from e
+                if failure is not None:
+                    raise failure from e
                 raise
             os.replace(pointer, self.root / _CURRENT)
             fsync_tree(self.root, recursive=False)

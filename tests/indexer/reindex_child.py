@@ -33,13 +33,16 @@ class HashEncoder:
     document_backend = "torch"
     stamp = EncoderStamp(identity="hash", fingerprint="hash", max_seq_length=8)
 
+    def __init__(self, dimension: int = DIMENSION) -> None:
+        self.dimension = dimension
+
     def encode_texts(self, texts: list[str]) -> npt.NDArray[np.float32]:
         rows = []
         for text in texts:
             seed = int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
-            row = np.random.default_rng(seed).normal(size=DIMENSION)
+            row = np.random.default_rng(seed).normal(size=self.dimension)
             rows.append(row / np.linalg.norm(row))
-        return np.asarray(rows, dtype=np.float32).reshape(len(texts), DIMENSION)
+        return np.asarray(rows, dtype=np.float32).reshape(len(texts), self.dimension)
 
 
 class StopWhenWritten:
