@@ -50,9 +50,10 @@ def index_products(
     """
     stamp = encoder.stamp  # fails on a missing encoder folder before the long encode
     vectors, titles = encode_products(encoder, products, progress=progress)
-    with phase(progress, "write"):
+    with phase(progress, "write", len(products)):
         return store.replace_all(
-            products, vectors, title_vectors=titles, metadata=metadata, encoder=stamp
+            products, vectors, title_vectors=titles, metadata=metadata, encoder=stamp,
+            progress=progress,
         )
 
 

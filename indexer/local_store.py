@@ -15,9 +15,12 @@ Layout under ``<home>/indexes/<name>/``::
 
 A rebuild writes a new version beside the serving one and only then moves ``CURRENT``, so a
 failed or killed rebuild leaves the serving index as it was; the next rebuild removes the
-leftovers. Live changes are appended to ``updates.jsonl`` (a write-ahead log, replayed on load;
-`indexer.local_update_log`) and applied in memory at once; other processes pick up a new version
-or new log lines on their next search, at most `RECHECK_SECONDS` later.
+leftovers; a rebuild that fails to write (a full disk) removes its partial version itself.
+Live changes are appended to ``updates.jsonl`` (a write-ahead log, fsynced before the call
+returns and replayed on load; `indexer.local_update_log`) and applied in memory at once; other
+processes pick up a new version or new log lines on their next search, at most
+`RECHECK_SECONDS` later. Opening a version cuts off a torn tail of its log (a writer killed
+mid-append) with a warning.
 """
 
 from __future__ import annotations
@@ -43,14 +46,18 @@ from indexer.analysis import ANALYZER_VERSION
 from indexer.encoder_stamp import EncoderStamp
 from indexer.errors import DimensionMismatchError, IndexNotFoundError, StoreError
 from indexer.lexical import LexicalIndex
+from indexer.local_disk import disk_error, fsync_tree, remove_path
 from indexer.local_snapshot import Snapshot
 from indexer.local_update_log import (
     UPDATES,
-    append_lines,
-    delete_lines,
+    Entry,
+    append_entries,
+    delete_entries,
+    drop_torn_tail,
     read_updates,
-    upsert_lines,
+    upsert_entries,
 )
+from indexer.progress import IndexProgress
 from indexer.schema import LEXICAL_FIELDS, Product, lexical_texts
 from indexer.store import Filters, ScoredId, check_rebuild, check_vectors
 
@@ -62,6 +69,8 @@ _MANIFEST = "manifest.json"
 _BUILDING_PREFIX = ".building-"
 _ENCODER = "encoder"
 _TITLE_VECTORS = "title_vectors.npy"
+#: Products written between two progress reports of a rebuild.
+WRITE_CHUNK = 500
 
 
 class LocalStore:
@@ -114,6 +123,7 @@ class LocalStore:
                 )
             if self._snapshot is None or self._snapshot.version != version:
                 self._snapshot = self._load(version)
+                self._drop_torn_tail(version)
             self._snapshot = self._replay(self._snapshot)
             return self._snapshot
 
@@ -144,6 +154,16 @@ class LocalStore:
             )
         logger.info("opened index %s (%d products)", folder, len(products))
         return Snapshot.build(version, manifest, products, vectors, title_vectors, lexical)
+
+    def _drop_torn_tail(self, version: str) -> None:
+        """Cut off what a writer killed mid-append left at the end of the version's log, unless
+        a writer holds the lock now (its tail may be a write in progress; it cuts one itself)."""
+        try:
+            with self._writer(wait=False) as held:
+                if held:
+                    drop_torn_tail(self.root / version / UPDATES)
+        except OSError as e:  # a read-only copy of an index: readers skip the tail anyway
+            logger.debug("cannot check the update log of %s for a torn tail: %s", version, e)
 
     def _replay(self, snapshot: Snapshot) -> Snapshot:
         """Apply the log lines written since this snapshot was taken."""
@@ -221,12 +241,18 @@ class LocalStore:
     # -- writing -------------------------------------------------------------------------
 
     @contextmanager
-    def _writer(self) -> Iterator[None]:
+    def _writer(self, *, wait: bool = True) -> Iterator[bool]:
+        """Hold the cross-process writer lock; yields whether it is held (``wait=False``
+        yields False at once when another writer has it)."""
         self.root.mkdir(parents=True, exist_ok=True)
         with (self.root / ".lock").open("a") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
             try:
-                yield
+                fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            except BlockingIOError:
+                yield False
+                return
+            try:
+                yield True
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
@@ -239,25 +265,26 @@ class LocalStore:
         """Add or replace products; searchable in this process at once. Returns the count."""
         check_vectors(products, vectors, title_vectors)
         self._check_dimension(vectors.shape[1], self._state(force=True))
-        lines = upsert_lines(products, vectors, title_vectors)
-        self._append_log(lines)
-        return len(lines)
+        entries = upsert_entries(products, vectors, title_vectors)
+        self._append_log(entries)
+        return len(entries)
 
     def delete(self, product_ids: Sequence[str]) -> int:
         """Remove products; returns how many existed."""
         rows = self._state(force=True).rows
         existing = [pid for pid in dict.fromkeys(product_ids) if pid in rows]
-        self._append_log(delete_lines(existing))
+        self._append_log(delete_entries(existing))
         return len(existing)
 
-    def _append_log(self, lines: list[str]) -> None:
-        if not lines:
+    def _append_log(self, entries: list[Entry]) -> None:
+        """Log one call's changes as one batch; durable on disk when this returns."""
+        if not entries:
             return
         with self._writer():
             version = self._current_version()
             if version is None:
                 raise IndexNotFoundError(f"no index at {self.root} to update")
-            append_lines(self.root / version / UPDATES, lines)
+            append_entries(self.root / version / UPDATES, entries)
         self._state(force=True)
 
     def replace_all(
@@ -268,26 +295,44 @@ class LocalStore:
         title_vectors: npt.NDArray[np.float32] | None = None,
         metadata: dict[str, Any] | None = None,
         encoder: EncoderStamp | None = None,
+        progress: IndexProgress | None = None,
     ) -> str:
-        """Write a complete new version, then make it the serving one. Returns its name."""
+        """Write a complete new version, then make it the serving one. Returns its name.
+
+        ``progress`` hears each `WRITE_CHUNK` of products written. A write that fails (a full
+        disk: `StoreError` naming the index and the reason) removes the partial version.
+        """
         check_rebuild(products, vectors, title_vectors)
         with self._writer():
             self._remove_leftovers()
             stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")  # sorts by age
             version = f"v{stamp}-{secrets.token_hex(3)}"
             staging = self.root / f"{_BUILDING_PREFIX}{version}"
-            staging.mkdir()
+            pointer = self.root / f"{_CURRENT}.{version}.tmp"
             manifest = dict(metadata or {})
             if encoder is not None:
                 manifest[_ENCODER] = encoder.to_meta()
-            self._write_version(staging, version, products, vectors, title_vectors, manifest)
-            _fsync_tree(staging)  # on disk before anything points at it
-            staging.rename(self.root / version)
-            pointer = self.root / f"{_CURRENT}.{version}.tmp"
-            pointer.write_text(version + "\n", encoding="utf-8")
-            _fsync_tree(pointer)
+            try:
+                staging.mkdir()
+                self._write_version(
+                    staging, version, products, vectors, title_vectors, manifest, progress
+                )
+                fsync_tree(staging)  # on disk before anything points at it
+                staging.rename(self.root / version)
+                pointer.write_text(version + "\n", encoding="utf-8")
+                fsync_tree(pointer)
+            except BaseException as e:
+                failure = (
+                    disk_error("write a new version of index", self.root, e)
+                    if isinstance(e, OSError) else None
+                )  # before the cleanup frees the space it names
+                for partial in (staging, self.root / version, pointer):
+                    remove_path(partial)
+                if failure is not None:
+                    raise failure from e
+                raise
             os.replace(pointer, self.root / _CURRENT)
-            _fsync_tree(self.root, recursive=False)
+            fsync_tree(self.root, recursive=False)
             logger.info("index %s now serves version %s", self.root, version)
             self._checked_at = 0.0
             self._prune()
@@ -301,14 +346,19 @@ class LocalStore:
         vectors: npt.NDArray[np.float32],
         title_vectors: npt.NDArray[np.float32] | None,
         metadata: dict[str, Any],
+        progress: IndexProgress | None,
     ) -> None:
+        texts: list[dict[str, str]] = []
         with (folder / "products.jsonl").open("w", encoding="utf-8") as handle:
-            for product in products:
-                handle.write(product.model_dump_json() + "\n")
+            for start in range(0, len(products), WRITE_CHUNK):
+                chunk = products[start : start + WRITE_CHUNK]
+                handle.write("".join(product.model_dump_json() + "\n" for product in chunk))
+                texts.extend(lexical_texts(product) for product in chunk)
+                if progress is not None:
+                    progress.advance(len(chunk))
         np.save(folder / "vectors.npy", np.ascontiguousarray(vectors, dtype=np.float32))
         if title_vectors is not None:
             np.save(folder / _TITLE_VECTORS, np.ascontiguousarray(title_vectors, np.float32))
-        texts = [lexical_texts(p) for p in products]
         for field in LEXICAL_FIELDS:
             LexicalIndex.build([t[field] for t in texts]).save(folder / "bm25" / field)
         manifest = {
@@ -329,10 +379,7 @@ class LocalStore:
             )
             if incomplete or path.name.endswith(".tmp"):
                 logger.warning("removing leftover of an interrupted rebuild: %s", path)
-                if path.is_dir():
-                    shutil.rmtree(path, ignore_errors=True)
-                else:
-                    path.unlink(missing_ok=True)
+                remove_path(path)
 
     def _prune(self) -> None:
         current = self._current_version()
@@ -347,15 +394,3 @@ class LocalStore:
             if name != current and name not in keep:
                 shutil.rmtree(self.root / name, ignore_errors=True)
 
-
-def _fsync_tree(path: Path, *, recursive: bool = True) -> None:
-    """Flush a file, or a folder and (recursively) everything in it, to disk."""
-    paths = [path]
-    if path.is_dir() and recursive:
-        paths = [*sorted(path.rglob("*"), reverse=True), path]
-    for item in paths:
-        descriptor = os.open(item, os.O_RDONLY)
-        try:
-            os.fsync(descriptor)
-        finally:
-            os.close(descriptor)

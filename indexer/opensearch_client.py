@@ -8,7 +8,7 @@ request bodies themselves are built by the pure functions of `indexer.opensearch
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -66,8 +66,11 @@ def send_bulk(
     *,
     refresh: bool = False,
     tolerated: Sequence[int] = (),
+    on_written: Callable[[int], None] | None = None,
 ) -> int:
     """Send actions with retries on 429; raise listing the items that failed.
+
+    ``on_written`` hears each item the server acknowledged (as ``on_written(1)``).
 
     Returns how many items failed with a ``tolerated`` status (404: a delete found nothing;
     409: a conditional update lost to a newer write).
@@ -81,10 +84,12 @@ def send_bulk(
         max_retries=5,
         initial_backoff=1,
         raise_on_error=False,
-        yield_ok=False,
+        yield_ok=on_written is not None,
         refresh=refresh,
     ):
         if ok:
+            if on_written is not None:
+                on_written(1)
             continue
         detail = next(iter(item.values()))
         if detail.get("status") in tolerated:

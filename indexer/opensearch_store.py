@@ -55,6 +55,7 @@ from indexer.opensearch_queries import (
     read_brand_counts,
     version_meta,
 )
+from indexer.progress import IndexProgress
 from indexer.schema import EMBEDDING_DIM, Product
 from indexer.settings import IndexerSettings
 from indexer.store import Filters, ScoredId, check_rebuild, check_vectors
@@ -279,6 +280,7 @@ class OpenSearchStore:
         title_vectors: npt.NDArray[np.float32] | None = None,
         metadata: dict[str, Any] | None = None,
         encoder: EncoderStamp | None = None,
+        progress: IndexProgress | None = None,
     ) -> str:
         """Build a new version, verify it, then swap the alias atomically. Returns its name."""
         check_rebuild(products, vectors, title_vectors)
@@ -291,7 +293,8 @@ class OpenSearchStore:
             self.client.indices.create(index=version, body=build_index_body(layout, meta))
             try:
                 actions = build_bulk_actions(version, products, vectors, title_vectors)
-                send_bulk(self.client, actions, version)
+                send_bulk(self.client, actions, version,
+                          on_written=None if progress is None else progress.advance)
                 self.client.indices.refresh(index=version)
                 indexed = int(self.client.count(index=version)["count"])
                 if indexed != len(products):

@@ -20,7 +20,8 @@ from contextlib import contextmanager
 from typing import Literal, Protocol
 
 #: The phases of a reindex, in order (an upsert skips ``validate``). ``write`` is the store's
-#: own work: files and BM25 for the local store, the bulk load for OpenSearch.
+#: own work: files and BM25 for the local store, the bulk load for OpenSearch; a rebuild counts
+#: it in products written to the new version.
 IndexPhase = Literal["validate", "embed texts", "embed titles", "write"]
 
 

@@ -14,6 +14,7 @@ from indexer.encoder import BiEncoder
 from indexer.encoder_stamp import EncoderStamp
 from indexer.errors import DimensionMismatchError, EncoderMismatchError, StoreError
 from indexer.model_files import PACKAGED_IDENTITY
+from indexer.progress import IndexProgress
 from indexer.schema import Product
 
 RetrievalMode = Literal["bm25", "vector", "hybrid"]
@@ -157,12 +158,14 @@ class VectorStore(Protocol):
         title_vectors: npt.NDArray[np.float32] | None = None,
         metadata: dict[str, Any] | None = None,
         encoder: EncoderStamp | None = None,
+        progress: IndexProgress | None = None,
     ) -> str:
         """Build a complete new version and make it the serving one; returns its name.
 
         ``title_vectors`` (optional, one row per product) are stored for `title_vectors`.
-        ``encoder`` is recorded with the version (`encoder_stamp` returns it). A failure leaves
-        the serving version untouched.
+        ``encoder`` is recorded with the version (`encoder_stamp` returns it). ``progress``
+        hears how many products are written as they are. A failure leaves the serving version
+        untouched, and a killed rebuild's leftovers go with the next one.
         """
         ...
 

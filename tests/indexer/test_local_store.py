@@ -64,14 +64,16 @@ def test_failed_rebuild_leaves_serving_index_untouched(
         raise OSError("disk full")
 
     monkeypatch.setattr("indexer.local_store.LexicalIndex.build", broken_build)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(StoreError, match=f"index {store.root}: disk full"):
         store.replace_all(tiny_products[:2], axis_vectors(2))
     reader = LocalStore(store.root)
     assert reader.version == before and reader.count() == len(tiny_products)
+    leftovers = [
+        p.name for p in store.root.iterdir() if p.name.startswith((".building", "CURRENT."))
+    ]
+    assert leftovers == [], "a failed rebuild removes its partial version"
     monkeypatch.undo()
     store.replace_all(tiny_products[:2], axis_vectors(2))
-    leftovers = [p.name for p in store.root.iterdir() if p.name.startswith(".building")]
-    assert leftovers == [], "the next rebuild cleans up what the failed one left"
     assert LocalStore(store.root).count() == 2
 
 
