@@ -59,12 +59,12 @@ QUERIES = ["water bottle", "usb c charging cable", "running shoes", "coffee grin
            "stainless steel", "wireless headphones"]
 ADMIN_KEY = "faults-admin-key"
 #: Seconds of load with the server down.
-FAULT_SECONDS = 8.0
+FAULT_SECONDS = 6.0
 
 
 @pytest.fixture(scope="module")
 def products() -> list[Product]:
-    return [Product.model_validate(record) for record in demo_slice(120)]
+    return [Product.model_validate(record) for record in demo_slice(60)]
 
 
 @pytest.fixture(scope="module")
