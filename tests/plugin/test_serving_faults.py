@@ -10,7 +10,8 @@ timeout; what the answers are is the behaviour a shopper sees:
 * Triton killed: every search answers 200, in retrieval order, marked ``degraded`` with the
   reason; reranking comes back by itself once Triton does.
 * OpenSearch killed: searches answer 503 with a JSON detail naming OpenSearch; 200 again once
-  the node is back; nothing hangs.
+  the node is back; nothing hangs. Stopped (SIGSTOP, a node that hangs): the same 503, each
+  after one OpenSearch timeout; 200 again after SIGCONT.
 * Redis killed: searches answer 200 without personalisation; ``/events`` and ``/sessions``
   answer 503 naming Redis; all answer 200 again once Redis is back.
 
