@@ -211,6 +211,7 @@ def test_opensearch_killed_under_load_answers_503_naming_it_and_recovers(
             back = time.monotonic()
             recovered = load.wait_for(back, ok, 120, "search answered after OpenSearch returned")
             load.run_for(1.0)
+        after = httpx.get(f"{served.url}/readyz", timeout=CLIENT_TIMEOUT)
         figures = report(load, "OpenSearch SIGKILL", killed, back_started, back, recovered)
         time.sleep(1.0)
         open_connections = served.open_connections()
@@ -224,6 +225,8 @@ def test_opensearch_killed_under_load_answers_503_naming_it_and_recovers(
         assert answer.status == 503 and "OpenSearch" in answer.detail(), answer
         assert answer.seconds < CLIENT_TIMEOUT, answer
     assert ready.status_code == 503 and "OpenSearch" in str(ready.json()["detail"])
+    # The killed node came back with its index from its data folder: nothing was lost.
+    assert after.status_code == 200 and after.json()["products"] == len(products)
     # No request of a shopper is left hanging, and none of shoprank's connections to the
     # dead node lingers half-closed.
     assert open_connections == 0
