@@ -188,6 +188,8 @@ class SearchResponse(BaseModel):
     reranker: str
     final_stage: str = Field(default="none", description="the learned final stage, if any")
     degraded: bool = False
+    #: Why the answer is degraded (the reranker's failure), when it is.
+    degraded_reason: str | None = None
     #: Whether the session's history changed the ranking's scores.
     personalized: bool = False
     fairness: FairnessSummary | None = None

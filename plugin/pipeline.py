@@ -213,6 +213,7 @@ class SearchPipeline:
             reranker=self.reranker.name if plan.rerank else "none",
             final_stage=final_stage_name(plan.final),
             degraded=reranked.degraded,
+            degraded_reason=reranked.reason,
             personalized=ranking.personalized,
             fairness=ranking.fairness,
             results=hits,

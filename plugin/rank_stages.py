@@ -42,6 +42,8 @@ class Reranked:
     count: int
     #: The reranker could not be reached: the items kept their retrieval order.
     degraded: bool = False
+    #: Why, when degraded: what the reranker's failure said.
+    reason: str | None = None
 
 
 class RerankStage:
@@ -78,7 +80,7 @@ class RerankStage:
             count = self._score(query, items, plan.window, plan.min_window, budget)
         except RerankerUnavailableError as e:
             logger.warning("search degraded to retrieval order: %s", e)
-            return Reranked(items, 0, degraded=True)
+            return Reranked(items, 0, degraded=True, reason=f"reranker skipped: {e}")
         return Reranked(sorted(items[:count], key=by_rerank) + items[count:], count)
 
     def _score(

@@ -105,6 +105,8 @@ def test_search_fails_open_to_retrieval_order_when_the_reranker_is_down(
     finally:
         reranker.close()
     assert response.degraded and not plain.degraded
+    assert response.degraded_reason is not None and plain.degraded_reason is None
+    assert response.degraded_reason.startswith("reranker skipped: reranker triton:")
     assert response.reranked == 0
     assert [hit.id for hit in response.results] == [hit.id for hit in plain.results]
     assert pipeline.counters["search_degraded_total"] == 1
