@@ -34,6 +34,7 @@ from reranker.triton import CircuitBreaker, TritonReranker
 from reranker.triton_contract import MODEL_NAME
 from reranker.tuning import CrossEncoderTuneConfig, tune_cross_encoder
 from tests.conftest import REPO, demo_slice
+from tests.plugin.fault_harness import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -235,12 +236,12 @@ def test_search_degrades_while_triton_is_down_and_recovers_by_itself(
             (REPO / "triton_models" / MODEL_NAME / name).read_bytes()
         )
     export_reranker(full_checkpoint, repository)
-    port = 18200
+    port, grpc_port, metrics_port = free_port(), free_port(), free_port()
     env = {
         **os.environ, "SHOPRANK_TRITON_REPOSITORY": str(repository),
         "SHOPRANK_TRITON_RUN_DIR": str(tmp_path / "run"),
-        "SHOPRANK_TRITON_HTTP_PORT": str(port), "SHOPRANK_TRITON_GRPC_PORT": str(port + 1),
-        "SHOPRANK_TRITON_METRICS_PORT": str(port + 2),
+        "SHOPRANK_TRITON_HTTP_PORT": str(port), "SHOPRANK_TRITON_GRPC_PORT": str(grpc_port),
+        "SHOPRANK_TRITON_METRICS_PORT": str(metrics_port),
     }
     store = LocalStore(tmp_path / "idx")
     encoder = BiEncoder()
