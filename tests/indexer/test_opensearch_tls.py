@@ -107,8 +107,8 @@ class _AuthProxy(BaseHTTPRequestHandler):
 
     do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = _forward
 
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - the stdlib's name
-        pass
+    def log_message(self, format: str, *args: object) -> None:
+        pass  # the suite's output stays quiet
 
 
 def _serve(certs: Certificates, *, client_certs: bool) -> Iterator[Endpoint]:
@@ -165,11 +165,12 @@ def test_basic_auth_over_tls_verified_with_the_given_ca(endpoint: Endpoint) -> N
 
 
 def test_a_wrong_password_is_a_clear_refusal(endpoint: Endpoint) -> None:
-    settings = _settings(endpoint.url, opensearch_username=USER, opensearch_password="wrong",
+    wrong = "not-the-password-42"
+    settings = _settings(endpoint.url, opensearch_username=USER, opensearch_password=wrong,
                          opensearch_ca_certs=endpoint.certs.ca)
-    with pytest.raises(StoreError, match="refused to look up the alias.*401") as caught:
+    with pytest.raises(StoreError, match=r"refused to look up the alias.*401") as caught:
         OpenSearchStore(settings, "tls").exists()
-    assert "wrong" not in str(caught.value)
+    assert wrong not in str(caught.value)
 
 
 def test_an_untrusted_certificate_is_refused_unless_verification_is_off(
