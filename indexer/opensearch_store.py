@@ -31,7 +31,13 @@ from opensearchpy import OpenSearch, helpers
 
 from indexer.encoder_stamp import EncoderStamp
 from indexer.errors import DimensionMismatchError, IndexNotFoundError, StoreError
-from indexer.opensearch_client import connect, send_bulk, translated_errors
+from indexer.opensearch_client import (
+    connect,
+    mget_every_shard,
+    search_every_shard,
+    send_bulk,
+    translated_errors,
+)
 from indexer.opensearch_queries import (
     ENCODER_KEY,
     META_KEY,
@@ -140,7 +146,9 @@ class OpenSearchStore:
         """A terms aggregation over the (lower-cased) brand keyword; products without a brand
         count under ""."""
         with self._translated("count brands"):
-            response = self.client.search(index=self.alias, body=build_brand_counts_query())
+            response = search_every_shard(
+                self.client, self.alias, build_brand_counts_query(), self.url
+            )
         return read_brand_counts(response)
 
     def get(self, product_id: str) -> Product | None:
@@ -163,8 +171,8 @@ class OpenSearchStore:
         if not product_ids:
             return {}
         with self._translated(action):
-            response = self.client.mget(
-                index=self.alias, body={"ids": list(product_ids)}, _source=[field]
+            response = mget_every_shard(
+                self.client, self.alias, {"ids": list(product_ids)}, self.url, _source=[field]
             )
         return {
             doc["_id"]: doc["_source"][field]
@@ -175,7 +183,9 @@ class OpenSearchStore:
     def search_bm25(self, text: str, n: int, filters: Filters | None = None) -> list[ScoredId]:
         self._ensure_stock_filterable(filters)
         with self._translated("run a BM25 query"):
-            response = self.client.search(index=self.alias, body=build_bm25_query(text, n, filters))
+            response = search_every_shard(
+                self.client, self.alias, build_bm25_query(text, n, filters), self.url
+            )
         return [ScoredId(hit["_id"], float(hit["_score"])) for hit in response["hits"]["hits"]]
 
     def search_vector(
@@ -185,7 +195,7 @@ class OpenSearchStore:
         self._ensure_stock_filterable(filters)
         body = build_knn_query(vector, n, filters, ef_search=self.settings.opensearch_ef_search)
         with self._translated("run a k-NN query"):
-            response = self.client.search(index=self.alias, body=body)
+            response = search_every_shard(self.client, self.alias, body, self.url)
         return [
             ScoredId(hit["_id"], cosine_from_score(float(hit["_score"])))
             for hit in response["hits"]["hits"]

@@ -17,6 +17,10 @@ def default_home() -> Path:
     return base / "shoprank"
 
 
+#: One OpenSearch URL: scheme, host, optional port and path prefix (no commas: they separate URLs).
+_URL = r"https?://[^\s/:?#,]+(:\d{1,5})?(/[^\s,]*)?"
+
+
 class IndexerSettings(BaseSettings):
     """Where indexes live and how products are embedded."""
 
@@ -41,15 +45,21 @@ class IndexerSettings(BaseSettings):
 
     #: ``local`` (embedded, the default) or ``opensearch``.
     store: Literal["local", "opensearch"] = "local"
+    #: One node's URL, or several separated by commas (nodes of one cluster): requests go
+    #: round-robin, and one that fails to connect or times out is retried on another node.
     opensearch_url: str = Field(
-        default="http://127.0.0.1:9200", pattern=r"^https?://[^\s/:?#]+(:\d{1,5})?(/[^\s]*)?$"
+        default="http://127.0.0.1:9200", pattern=rf"^{_URL}(\s*,\s*{_URL})*$"
     )
     #: Each shoprank index is an OpenSearch alias ``<prefix>-<index name>``.
     opensearch_alias_prefix: str = Field(default="shoprank", pattern=r"^[a-z0-9][a-z0-9_-]*$")
     opensearch_username: str | None = None
     opensearch_password: SecretStr | None = None
     opensearch_verify_certs: bool = True
+    #: PEM bundle of the CA(s) that signed the cluster's certificates (default: the system's).
     opensearch_ca_certs: Path | None = None
+    #: PEM client certificate and key, for clusters that authenticate clients by certificate.
+    opensearch_client_cert: Path | None = None
+    opensearch_client_key: Path | None = None
     opensearch_timeout_s: float = Field(default=10.0, gt=0)
     opensearch_shards: int = Field(default=1, ge=1)
     opensearch_replicas: int = Field(default=0, ge=0)
@@ -59,6 +69,11 @@ class IndexerSettings(BaseSettings):
     opensearch_ef_construction: int = Field(default=128, ge=2)
     opensearch_ef_search: int = Field(default=100, ge=1)
     opensearch_keep_versions: int = Field(default=2, ge=1)
+
+    @property
+    def opensearch_hosts(self) -> list[str]:
+        """`opensearch_url` split into one URL per node."""
+        return [url.strip() for url in self.opensearch_url.split(",")]
 
     @property
     def indexes_dir(self) -> Path:
