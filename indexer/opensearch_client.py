@@ -23,6 +23,8 @@ from indexer.settings import IndexerSettings
 logger = logging.getLogger(__name__)
 
 _MAX_REPORTED_ERRORS = 10
+#: Connections kept open to each node (see `connect`).
+POOL_MAXSIZE = 64
 
 
 def connect(settings: IndexerSettings) -> OpenSearch:
@@ -53,6 +55,10 @@ def connect(settings: IndexerSettings) -> OpenSearch:
         retry_on_timeout=several,
         sniff_on_start=False,
         sniff_on_connection_fail=False,
+        # Keep-alive connections per node: as many as the server runs concurrent searches
+        # (each does BM25 and k-NN at once), not urllib3's default of one, which made every
+        # concurrent request open and discard its own connection.
+        pool_maxsize=POOL_MAXSIZE,
     )
 
 
