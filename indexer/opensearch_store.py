@@ -19,8 +19,8 @@ import re
 import secrets
 import threading
 import time
-from collections.abc import Sequence
-from contextlib import AbstractContextManager
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
@@ -29,8 +29,14 @@ import numpy as np
 import numpy.typing as npt
 from opensearchpy import OpenSearch, helpers
 
+from indexer.circuit import CircuitBreaker, CircuitGuard
 from indexer.encoder_stamp import EncoderStamp
-from indexer.errors import DimensionMismatchError, IndexNotFoundError, StoreError
+from indexer.errors import (
+    DimensionMismatchError,
+    IndexNotFoundError,
+    StoreError,
+    StoreUnavailableError,
+)
 from indexer.opensearch_client import (
     connect,
     mget_every_shard,
@@ -94,6 +100,11 @@ class OpenSearchStore:
         self._dimension: int | None = None
         self._stamp: tuple[float, EncoderStamp | None] | None = None
         self._stock_checked_at: float | None = None
+        breaker = CircuitBreaker(failures=settings.opensearch_circuit_failures,
+                                 reset_seconds=settings.opensearch_circuit_reset_s)
+        # An open circuit drops the connections (a dead node leaves them half-closed).
+        self._guard = CircuitGuard(breaker, StoreUnavailableError, self._circuit_open,
+                                   opened=self.close)
 
     @property
     def client(self) -> OpenSearch:
@@ -103,8 +114,18 @@ class OpenSearchStore:
                     self._client = connect(self.settings)
         return self._client
 
-    def _translated(self, action: str) -> AbstractContextManager[None]:
-        return translated_errors(self.url, self.alias, action)
+    @contextmanager
+    def _translated(self, action: str) -> Iterator[None]:
+        """Client errors as indexer errors naming the URL, behind the circuit breaker."""
+        with self._guard.call(), translated_errors(self.url, self.alias, action):
+            yield
+
+    def _circuit_open(self) -> StoreUnavailableError:
+        breaker = self._guard.breaker
+        return StoreUnavailableError(
+            f"OpenSearch at {self.url} is not called for {breaker.reset_seconds:g} s after "
+            f"{breaker.threshold} failures in a row (circuit open)"
+        )
 
     # -- reading -------------------------------------------------------------------------
 
@@ -209,9 +230,11 @@ class OpenSearchStore:
             )
 
     def close(self) -> None:
-        if self._client is not None:
-            self._client.close()
-            self._client = None
+        """Closes the client's connections; the next call connects anew."""
+        with self._lock:
+            client, self._client = self._client, None
+        if client is not None:
+            client.close()
 
     # -- writing -------------------------------------------------------------------------
 

@@ -61,6 +61,11 @@ class IndexerSettings(BaseSettings):
     opensearch_client_cert: Path | None = None
     opensearch_client_key: Path | None = None
     opensearch_timeout_s: float = Field(default=10.0, gt=0)
+    #: After this many searches or writes in a row that OpenSearch could not answer (refused,
+    #: timed out, shards lost), calls are refused at once for ``opensearch_circuit_reset_s``,
+    #: then one trial call goes out: a hung node costs one timeout per reset, not one per query.
+    opensearch_circuit_failures: int = Field(default=3, ge=1)
+    opensearch_circuit_reset_s: float = Field(default=5.0, gt=0)
     opensearch_shards: int = Field(default=1, ge=1)
     opensearch_replicas: int = Field(default=0, ge=0)
     #: k-NN engine: ``lucene`` runs everywhere; ``faiss`` needs the native k-NN libraries.

@@ -15,14 +15,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Coroutine, Sequence
 from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
+from indexer.circuit import CircuitBreaker
 from indexer.model_files import packaged_model_path
 from indexer.model_loading import prepare_offline_loading
 from reranker.cross_encoder import DEFAULT_MAX_LENGTH, read_model_card
@@ -34,61 +34,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
-
-
-class CircuitBreaker:
-    """Closed -> open after ``failures`` failures in a row; open -> one trial call after
-    ``reset_seconds``; a success closes it again.
-
-    >>> breaker = CircuitBreaker(failures=2, reset_seconds=30.0)
-    >>> breaker.failed(); breaker.allows()
-    True
-    >>> breaker.failed(); breaker.allows()
-    False
-    """
-
-    def __init__(self, *, failures: int = 3, reset_seconds: float = 5.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self.threshold = failures
-        self.reset_seconds = reset_seconds
-        self._clock = clock
-        self._failures = 0
-        self._opened_at: float | None = None
-        self._trial_running = False
-        self._lock = threading.Lock()
-
-    @property
-    def state(self) -> str:
-        with self._lock:
-            if self._opened_at is None:
-                return "closed"
-            return "half-open" if self._due() else "open"
-
-    def _due(self) -> bool:
-        return self._opened_at is not None and (
-            self._clock() - self._opened_at >= self.reset_seconds
-        )
-
-    def allows(self) -> bool:
-        """Whether a call may go out now; in half-open only one trial call at a time."""
-        with self._lock:
-            if self._opened_at is None:
-                return True
-            if self._due() and not self._trial_running:
-                self._trial_running = True
-                return True
-            return False
-
-    def succeeded(self) -> None:
-        with self._lock:
-            self._failures, self._opened_at, self._trial_running = 0, None, False
-
-    def failed(self) -> None:
-        with self._lock:
-            self._failures += 1
-            self._trial_running = False
-            if self._opened_at is not None or self._failures >= self.threshold:
-                self._opened_at = self._clock()
 
 
 class TritonReranker:

@@ -1,4 +1,5 @@
-"""The Triton client without a server: timeouts, the circuit breaker, failing open, export."""
+"""The Triton client without a server: timeouts, the circuit breaker (tested itself in
+`tests/indexer/test_circuit.py`), failing open, export."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from indexer.circuit import CircuitBreaker
 from indexer.indexing import index_products
 from indexer.local_store import LocalStore
 from plugin.cli import app as cli
@@ -16,7 +18,7 @@ from plugin.models import SearchRequest
 from plugin.pipeline import SearchPipeline
 from plugin.search_plan import SearchSettings
 from reranker.errors import CheckpointError, RerankerError, RerankerUnavailableError
-from reranker.triton import CircuitBreaker, TritonReranker
+from reranker.triton import TritonReranker
 from reranker.triton_contract import CHECKPOINT_DIR, MODEL_FILE, MODEL_NAME
 from reranker.triton_export import export_reranker
 from tests.conftest import REPO
@@ -28,37 +30,6 @@ def _dead_url() -> str:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     return f"http://127.0.0.1:{port}"
-
-
-class FakeClock:
-    """Time that moves only when a test says so."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def test_breaker_opens_after_repeated_failures_and_lets_one_trial_through() -> None:
-    clock = FakeClock()
-    breaker = CircuitBreaker(failures=2, reset_seconds=5.0, clock=clock)
-    breaker.failed()
-    assert breaker.state == "closed" and breaker.allows()
-    breaker.failed()
-    assert breaker.state == "open" and not breaker.allows()
-    clock.now += 4.9
-    assert breaker.state == "open" and not breaker.allows()
-    clock.now += 0.1
-    assert breaker.state == "half-open"
-    assert breaker.allows()  # the trial call
-    assert not breaker.allows()  # and only one at a time
-    breaker.failed()
-    assert breaker.state == "open"
-    clock.now += 5.0
-    assert breaker.allows()
-    breaker.succeeded()
-    assert breaker.state == "closed" and breaker.allows()
 
 
 def test_unreachable_server_is_unavailable_then_skipped_without_calling() -> None:
