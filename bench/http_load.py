@@ -286,16 +286,23 @@ def running_server(
 
 
 def server_metrics(server: Server) -> dict[str, float]:
-    """The counters of ``GET /metrics`` (Prometheus text), by name."""
+    """The counters and gauges of ``GET /metrics`` (Prometheus text), by sample name with its
+    labels (``shoprank_search_degraded_total{reason="timeout"}``); histograms left out."""
+    from prometheus_client.parser import text_string_to_metric_families
+
     try:
         text = httpx.get(f"{server.url}/metrics", timeout=30).text
     except httpx.HTTPError:
         return {}
     values = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            key, _, value = line.partition(" ")
-            values[key] = float(value)
+    for family in text_string_to_metric_families(text):
+        if family.type not in ("counter", "gauge") or family.name.endswith("_created"):
+            continue
+        for sample in family.samples:
+            if sample.name.endswith("_created"):
+                continue
+            labels = ",".join(f'{key}="{value}"' for key, value in sorted(sample.labels.items()))
+            values[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
     return values
 
 
