@@ -127,7 +127,9 @@ def _describe(result: RequestResult) -> str:
     return f"HTTP {result.status}"
 
 
-async def _send(client: httpx.AsyncClient, path: str, body: dict[str, Any]) -> RequestResult:
+async def send(client: httpx.AsyncClient, path: str, body: dict[str, Any]) -> RequestResult:
+    """POST ``body`` to ``path``: its latency from now to the whole response, its status, and
+    the server's timings; a non-2xx answer or a transport error is a result with its error."""
     start = time.perf_counter()
     try:
         response = await client.post(path, json=body)
@@ -181,7 +183,7 @@ async def run_load(
             in_flight += 1
             most = max(most, in_flight)
             try:
-                results.append(await _send(client, path, body))
+                results.append(await send(client, path, body))
             finally:
                 in_flight -= 1
 
@@ -233,13 +235,22 @@ class Server:
     argv: list[str]
 
     def peak_rss_mb(self) -> float | None:
-        try:
-            for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-        except OSError:
-            return None
+        return process_status_mb(self.process.pid, "VmHWM")
+
+    def rss_mb(self) -> float | None:
+        """The server's resident memory now."""
+        return process_status_mb(self.process.pid, "VmRSS")
+
+
+def process_status_mb(pid: int, field: str) -> float | None:
+    """A memory field of ``/proc/PID/status`` (``VmRSS``, ``VmHWM``) in MB; None if unreadable."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(f"{field}:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
         return None
+    return None
 
 
 def _tail(path: Path, lines: int = 20) -> str:
