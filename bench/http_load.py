@@ -127,7 +127,9 @@ def _describe(result: RequestResult) -> str:
     return f"HTTP {result.status}"
 
 
-async def _send(client: httpx.AsyncClient, path: str, body: dict[str, Any]) -> RequestResult:
+async def send(client: httpx.AsyncClient, path: str, body: dict[str, Any]) -> RequestResult:
+    """POST ``body`` to ``path``: its latency from now to the whole response, its status, and
+    the server's timings; a non-2xx answer or a transport error is a result with its error."""
     start = time.perf_counter()
     try:
         response = await client.post(path, json=body)
@@ -181,7 +183,7 @@ async def run_load(
             in_flight += 1
             most = max(most, in_flight)
             try:
-                results.append(await _send(client, path, body))
+                results.append(await send(client, path, body))
             finally:
                 in_flight -= 1
 
@@ -233,13 +235,22 @@ class Server:
     argv: list[str]
 
     def peak_rss_mb(self) -> float | None:
-        try:
-            for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-        except OSError:
-            return None
+        return process_status_mb(self.process.pid, "VmHWM")
+
+    def rss_mb(self) -> float | None:
+        """The server's resident memory now."""
+        return process_status_mb(self.process.pid, "VmRSS")
+
+
+def process_status_mb(pid: int, field: str) -> float | None:
+    """A memory field of ``/proc/PID/status`` (``VmRSS``, ``VmHWM``) in MB; None if unreadable."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(f"{field}:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
         return None
+    return None
 
 
 def _tail(path: Path, lines: int = 20) -> str:
@@ -286,16 +297,23 @@ def running_server(
 
 
 def server_metrics(server: Server) -> dict[str, float]:
-    """The counters of ``GET /metrics`` (Prometheus text), by name."""
+    """The counters and gauges of ``GET /metrics`` (Prometheus text), by sample name with its
+    labels (``shoprank_search_degraded_total{reason="timeout"}``); histograms left out."""
+    from prometheus_client.parser import text_string_to_metric_families
+
     try:
         text = httpx.get(f"{server.url}/metrics", timeout=30).text
     except httpx.HTTPError:
         return {}
     values = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            key, _, value = line.partition(" ")
-            values[key] = float(value)
+    for family in text_string_to_metric_families(text):
+        if family.type not in ("counter", "gauge") or family.name.endswith("_created"):
+            continue
+        for sample in family.samples:
+            if sample.name.endswith("_created"):
+                continue
+            labels = ",".join(f'{key}="{value}"' for key, value in sorted(sample.labels.items()))
+            values[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
     return values
 
 

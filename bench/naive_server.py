@@ -84,6 +84,8 @@ class NaiveCrossEncoder:
     def name(self) -> str:
         return f"naive-cross-encoder:{self.checkpoint.name}"
 
+    circuit_open = False
+
     @property
     def model(self) -> CrossEncoder:
         if self._model is None:

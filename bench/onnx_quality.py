@@ -212,6 +212,10 @@ class Recording:
     def name(self) -> str:
         return str(self.inner.name)
 
+    @property
+    def circuit_open(self) -> bool:
+        return bool(self.inner.circuit_open)
+
     def score(self, query: str, texts: Sequence[str]) -> list[float]:
         values: list[float] = self.inner.score(query, texts)
         self.scores.append(values)

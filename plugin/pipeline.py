@@ -10,9 +10,9 @@ from indexer.encoder import BiEncoder
 from indexer.retrieval import HybridRetriever, Retrieval
 from indexer.schema import product_to_text
 from indexer.store import VectorStore
-from plugin.counters import Counters
 from plugin.errors import PluginError
 from plugin.fairness.exposure_store import ExposureStore, InMemoryExposureStore
+from plugin.metrics import SearchMetrics
 from plugin.models import Explanation, SearchHit, SearchRequest, SearchResponse, StageScores
 from plugin.post_processors import (
     DemoteOutOfStock,
@@ -83,11 +83,11 @@ class SearchPipeline:
             reranker, max_concurrent=self.settings.max_concurrent_reranks
         )
         self.final = FinalStage(store, rankers)
-        #: Event counters, served at GET /metrics.
-        self.counters = Counters()
+        #: What the searches did, served at GET /metrics.
+        self.metrics = SearchMetrics(lambda: self.reranker.circuit_open)
         self._sessions = sessions or InMemorySessionStore()
         self.post_processors: list[PostProcessor] = [
-            Personalize(self._sessions, store, self.counters),
+            Personalize(self._sessions, store, self.metrics),
             Fairness(exposure or InMemoryExposureStore(), store),
             DemoteOutOfStock(),
         ]
@@ -131,9 +131,6 @@ class SearchPipeline:
         self.reranking.close()
         self._sessions.close()
 
-    def count(self, name: str) -> None:
-        self.counters.count(name)
-
     def plan(self, request: SearchRequest) -> SearchPlan:
         """What ``request`` runs on this server (`plugin.search_plan.plan_search`)."""
         return plan_search(
@@ -141,7 +138,7 @@ class SearchPipeline:
         )
 
     def search(self, request: SearchRequest) -> SearchResponse:
-        self.count("search_total")
+        self.metrics.searches.inc()
         clock = StageClock()
         plan = self.plan(request)
         retrieval = self.retriever.retrieve(
@@ -160,7 +157,9 @@ class SearchPipeline:
         ranking = self._post_process(
             Ranking(items), SearchContext(request, plan, retrieval.vector), clock
         )
-        return self._response(request, plan, retrieval, reranked, ranking, clock)
+        response = self._response(request, plan, retrieval, reranked, ranking, clock)
+        self.metrics.timed(response.timings_ms)
+        return response
 
     def _ranked_items(self, retrieval: Retrieval) -> list[RankedItem]:
         """The candidates with their products, in retrieval order (deleted ones left out)."""
@@ -178,8 +177,9 @@ class SearchPipeline:
         if not plan.rerank:
             return Reranked(items, 0)
         reranked = self.reranking.rerank(query, items, plan, clock.elapsed_ms())
-        if reranked.degraded:
-            self.count("search_degraded_total")
+        if reranked.cause is not None:
+            self.metrics.degraded_by(reranked.cause)
+        self.metrics.refresh()
         return reranked
 
     def _post_process(

@@ -16,9 +16,9 @@ import numpy as np
 import numpy.typing as npt
 
 from indexer.store import VectorStore
-from plugin.counters import Counters
 from plugin.fairness.exposure_store import ExposureStore
 from plugin.fairness.stage import apply_fairness
+from plugin.metrics import SearchMetrics
 from plugin.models import FairnessSummary, SearchRequest
 from plugin.personalization import personal_terms, rescaled
 from plugin.ranked import RankedItem, comparable_scores
@@ -68,10 +68,10 @@ class Personalize:
 
     timing = "personalize"
 
-    def __init__(self, sessions: SessionStore, store: VectorStore, counters: Counters) -> None:
+    def __init__(self, sessions: SessionStore, store: VectorStore, metrics: SearchMetrics) -> None:
         self.sessions = sessions
         self.store = store
-        self.counters = counters
+        self.metrics = metrics
 
     def process(self, ranking: Ranking, context: SearchContext) -> Ranking:
         weight, items = context.plan.personal_weight, ranking.items
@@ -82,7 +82,7 @@ class Personalize:
             state = self.sessions.get(session_id)
         except SessionStoreError as e:
             logger.warning("search not personalised: %s", e)
-            self.counters.count("personalization_unavailable_total")
+            self.metrics.personalization_unavailable.inc()
             return ranking
         if state is None or not state.has_history:
             return ranking
@@ -97,7 +97,7 @@ class Personalize:
             item.personalized = score + item.personal
             item.signals = term.signals
         order = sorted(range(len(items)), key=lambda i: (-(items[i].personalized or 0.0), i))
-        self.counters.count("search_personalized_total")
+        self.metrics.personalized.inc()
         return replace(ranking, items=[items[i] for i in order], personalized=True)
 
 

@@ -17,7 +17,7 @@ from plugin.ranked import RankedItem, by_rerank
 from plugin.rerank_budget import CHARS_PER_TOKEN, RerankCostModel
 from plugin.search_plan import FinalRankers, SearchPlan
 from reranker.base import NoReranker, Reranker
-from reranker.errors import RerankerError, RerankerUnavailableError
+from reranker.errors import RerankerError, RerankerUnavailableError, UnavailableCause
 from reranker.features import Embeddings, needs_embeddings, stage_features
 from reranker.linear_ranker import LinearRanker
 
@@ -44,6 +44,8 @@ class Reranked:
     degraded: bool = False
     #: Why, when degraded: what the reranker's failure said.
     reason: str | None = None
+    #: Which kind of failure, when degraded (the bounded set metrics count by).
+    cause: UnavailableCause | None = None
 
 
 class RerankStage:
@@ -80,7 +82,9 @@ class RerankStage:
             count = self._score(query, items, plan.window, plan.min_window, budget)
         except RerankerUnavailableError as e:
             logger.warning("search degraded to retrieval order: %s", e)
-            return Reranked(items, 0, degraded=True, reason=f"reranker skipped: {e}")
+            return Reranked(
+                items, 0, degraded=True, reason=f"reranker skipped: {e}", cause=e.cause
+            )
         return Reranked(sorted(items[:count], key=by_rerank) + items[count:], count)
 
     def _score(

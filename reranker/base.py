@@ -16,6 +16,12 @@ class Reranker(Protocol):
     @property
     def name(self) -> str: ...
 
+    @property
+    def circuit_open(self) -> bool:
+        """Whether calls are being skipped after repeated failures (a remote reranker's circuit
+        breaker is open or half-open); always False for a reranker in this process."""
+        ...
+
     def score(self, query: str, texts: Sequence[str]) -> list[float]: ...
 
     def close(self) -> None: ...
@@ -25,6 +31,7 @@ class NoReranker:
     """Keeps retrieval order: the default until a tuned cross-encoder exists."""
 
     name = "none"
+    circuit_open = False
 
     def score(self, query: str, texts: Sequence[str]) -> list[float]:
         """Equal scores: a stable sort keeps retrieval order (the pipeline skips it anyway)."""

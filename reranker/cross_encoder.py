@@ -110,6 +110,9 @@ class InProcessCrossEncoder:
     def name(self) -> str:
         return f"cross-encoder:{self.checkpoint.name}"
 
+    #: Runs in this process: there is no remote server to stop calling.
+    circuit_open = False
+
     @property
     def max_length(self) -> int:
         """Tokens of each pair the model reads: the one given, else the card's, else 256."""

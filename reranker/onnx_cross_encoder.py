@@ -67,6 +67,9 @@ class OnnxCrossEncoder:
     def name(self) -> str:
         return f"onnx-{self.precision}:{self.folder.name}"
 
+    #: Runs in this process: there is no remote server to stop calling.
+    circuit_open = False
+
     @property
     def max_length(self) -> int:
         """Tokens of each pair the model reads: the one given, else the export's."""

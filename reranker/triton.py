@@ -82,6 +82,11 @@ class TritonReranker:
         return f"triton:{self.model_name}@{self.url}"
 
     @property
+    def circuit_open(self) -> bool:
+        """Whether the breaker is skipping the server (open, or half-open awaiting a trial)."""
+        return self.breaker.state != "closed"
+
+    @property
     def tokenizer(self) -> Any:
         if self._tokenizer is None:
             prepare_offline_loading()
@@ -107,7 +112,8 @@ class TritonReranker:
         if not self.breaker.allows():
             raise RerankerUnavailableError(
                 f"reranker {self.name} is skipped for {self.breaker.reset_seconds:g} s after "
-                f"{self.breaker.threshold} failures in a row (circuit open)"
+                f"{self.breaker.threshold} failures in a row (circuit open)",
+                cause="circuit_open",
             )
         scores: list[float] = []
         try:
@@ -132,7 +138,7 @@ class TritonReranker:
         except FutureTimeout as e:
             future.cancel()
             raise RerankerUnavailableError(
-                f"reranker {self.name} did not answer within {timeout:g} s"
+                f"reranker {self.name} did not answer within {timeout:g} s", cause="timeout"
             ) from e
         except RerankerUnavailableError:
             raise

@@ -12,11 +12,12 @@ from functools import partial
 from fastapi import FastAPI
 
 from indexer.errors import IndexerError
-from plugin.api import operations, products, search, sessions
+from plugin.api import metrics, operations, products, search, sessions
 from plugin.api.body_limit import BodyLimitMiddleware
 from plugin.api.cors import ConfiguredCors
 from plugin.api.docs import add_docs
 from plugin.api.error_handlers import add_error_handlers
+from plugin.api.metrics import add_metrics
 from plugin.api.rate_limit import Clock, RateLimitMiddleware, route_buckets
 from plugin.components import build_pipeline
 from plugin.pipeline import SearchPipeline
@@ -31,6 +32,7 @@ async def lifespan(
     app: FastAPI, *, settings: Settings | None, pipeline: SearchPipeline | None, clock: Clock
 ) -> AsyncIterator[None]:
     """Resolve the settings, build the pipeline unless one was given, warm it up, close it.
+    While the app serves, its registry reads the pipeline's metrics.
 
     The request guards read the settings and the rate limits' buckets (timed by ``clock``)
     from ``app.state``.
@@ -47,7 +49,9 @@ async def lifespan(
         app.state.pipeline.encoder.encode_query("warm up")
     except IndexerError as e:
         logger.warning("starting without a usable index: %s", e)
+    app.state.metrics_registry.register(app.state.pipeline.metrics)
     yield
+    app.state.metrics_registry.unregister(app.state.pipeline.metrics)
     app.state.pipeline.close()
 
 
@@ -74,13 +78,16 @@ def create_app(
         redoc_url=None,
     )
     add_error_handlers(app)
-    for router in (search.router, products.router, sessions.router, operations.router):
+    for router in (search.router, products.router, sessions.router, operations.router,
+                   metrics.router):
         app.include_router(router)
     app.include_router(web_router)
     add_docs(app)
-    # The last added runs first: CORS headers go on every answer, the guards' included; a
-    # client over its rate is answered before its body is looked at.
+    # The last added runs first: every answer is timed and counted, the guards' included; CORS
+    # headers go on every answer; a client over its rate is answered before its body is
+    # looked at.
     app.add_middleware(BodyLimitMiddleware)
     app.add_middleware(RateLimitMiddleware)
     app.add_middleware(ConfiguredCors)
+    add_metrics(app)
     return app

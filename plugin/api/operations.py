@@ -1,20 +1,15 @@
-"""The operations routes: liveness (`/healthz`), readiness (`/readyz`) and Prometheus counters
-(`/metrics`)."""
+"""The operations routes: liveness (`/healthz`) and readiness (`/readyz`); the metrics are in
+`plugin.api.metrics`."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, HTTPException
-from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel
 
 from indexer.errors import IndexerError
 from plugin.api.dependencies import PipelineDep, SettingsDep
 
 router = APIRouter()
-
-#: The pipeline counters `/metrics` exports, each as ``shoprank_<name>``.
-COUNTERS = ("search_total", "search_degraded_total", "search_personalized_total",
-            "personalization_unavailable_total")
 
 
 class Health(BaseModel):
@@ -23,20 +18,6 @@ class Health(BaseModel):
     products: int | None = None
     reranker: str | None = None
     detail: str | None = None
-
-
-@router.get("/metrics", response_class=PlainTextResponse)
-def metrics(pipeline: PipelineDep) -> str:
-    """Counters in the Prometheus text format."""
-    lines = []
-    for name in COUNTERS:
-        lines += [f"# TYPE shoprank_{name} counter",
-                  f"shoprank_{name} {pipeline.counters.get(name, 0)}"]
-    breaker = getattr(pipeline.reranker, "breaker", None)
-    if breaker is not None:
-        lines += ["# TYPE shoprank_reranker_circuit_open gauge",
-                  f"shoprank_reranker_circuit_open {int(breaker.state != 'closed')}"]
-    return "\n".join(lines) + "\n"
 
 
 @router.get("/healthz", response_model=Health, response_model_exclude_none=True)

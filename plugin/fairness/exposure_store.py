@@ -2,13 +2,16 @@
 
 `InMemoryExposureStore` is the embedded implementation. It keeps the last ``window`` queries'
 exposure records per key and their running sums, so reading the window's totals costs
-O(groups), not O(window x groups), on every search.
+O(groups), not O(window x groups), on every search. A key comes from the request's policy
+(its field and its ``max_ndcg_loss``, any number in 0..1), so the store keeps at most
+``max_keys`` of them, the least recently updated going first: memory stays bounded whatever
+the requests ask for.
 """
 
 from __future__ import annotations
 
 import threading
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Mapping
 from typing import Protocol
 
@@ -46,15 +49,30 @@ def _add(totals: dict[str, float], values: Mapping[str, float], sign: float) -> 
 
 
 class InMemoryExposureStore:
-    """The last ``window`` queries' records per key, in process memory; thread-safe."""
+    """The last ``window`` queries' records per key, for at most ``max_keys`` keys (the least
+    recently updated is forgotten first), in process memory; thread-safe.
 
-    def __init__(self, window: int = 500) -> None:
+    >>> store = InMemoryExposureStore(window=10, max_keys=1)
+    >>> store.update("brand:0.05", {"a": 1.0}, {"a": 1.0})
+    >>> store.update("brand:0.1", {"a": 1.0}, {"a": 1.0})
+    >>> store.get("brand:0.05").queries, len(store)
+    (0, 1)
+    """
+
+    def __init__(self, window: int = 500, *, max_keys: int = 256) -> None:
         if window < 1:
             raise ValueError(f"InMemoryExposureStore: window must be at least 1, got {window}")
+        if max_keys < 1:
+            raise ValueError(f"InMemoryExposureStore: max_keys must be at least 1, got {max_keys}")
         self.window = window
-        self._records: dict[str, deque[ExposureTotals]] = {}
+        self.max_keys = max_keys
+        self._records: OrderedDict[str, deque[ExposureTotals]] = OrderedDict()
         self._sums: dict[str, ExposureTotals] = {}
         self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        """How many keys the store holds."""
+        return len(self._records)
 
     def get(self, key: str) -> ExposureTotals:
         with self._lock:
@@ -77,3 +95,7 @@ class InMemoryExposureStore:
             _add(sums.exposure, exposure, 1.0)
             _add(sums.relevance, relevance, 1.0)
             self._sums[key] = ExposureTotals(sums.exposure, sums.relevance, len(records))
+            self._records.move_to_end(key)
+            while len(self._records) > self.max_keys:
+                forgotten, _ = self._records.popitem(last=False)
+                del self._sums[forgotten]

@@ -94,6 +94,56 @@ def test_serve_runs_numpy_blas_on_the_threads_the_setting_gives(
         threadpool_limits(limits=before, user_api="blas")
 
 
+def test_serve_with_several_workers_needs_sessions_in_redis() -> None:
+    result = runner.invoke(app, ["serve", "--workers", "2", "--session-store", "memory"])
+    assert result.exit_code == 2
+    assert "--workers 2 needs --session-store redis" in " ".join(result.output.split())
+    for bad, limit in (("0", "greater than or equal to 1"), ("65", "less than or equal to 64")):
+        out_of_range = runner.invoke(app, ["serve", "--workers", bad], env={"COLUMNS": "200"})
+        assert out_of_range.exit_code == 2
+        assert "'--workers'" in out_of_range.output and limit in out_of_range.output
+
+
+def test_workers_get_the_commands_settings_and_a_metrics_folder_removed_afterwards(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import os
+
+    import uvicorn
+
+    from plugin.metrics import MULTIPROC_ENV
+    from plugin.settings import Settings
+
+    class Built:
+        def close(self) -> None:
+            return None
+
+    seen: dict[str, object] = {}
+
+    def run(app: str, **options: object) -> None:
+        folder = Path(os.environ[MULTIPROC_ENV])
+        seen.update(options, app=app, settings=Settings(), folder=folder, existed=folder.is_dir())
+
+    monkeypatch.setattr(serve_cli, "build_pipeline", lambda settings: Built())
+    monkeypatch.setattr(uvicorn, "run", run)
+    environment = dict(os.environ)
+    result = runner.invoke(app, [
+        "serve", "--workers", "3", "--session-store", "redis", "--redis-url",
+        "redis://10.0.0.7:6379/2", "--port", "8123", "--index", "shop", "--store", "local",
+    ])
+    assert result.exit_code == 0, result.output
+    assert (seen["app"], seen["workers"], seen["factory"], seen["port"]) == (
+        "plugin.cli.serve:worker_app", 3, True, 8123)
+    settings = seen["settings"]  # what a worker process reads from its environment
+    assert isinstance(settings, Settings)
+    assert (settings.session_store, settings.redis_url, settings.port, settings.index) == (
+        "redis", "redis://10.0.0.7:6379/2", 8123, "shop")
+    assert settings.indexer.store == "local"
+    folder = seen["folder"]
+    assert seen["existed"] and isinstance(folder, Path) and not folder.exists()
+    assert dict(os.environ) == environment  # this process's environment is as it was
+
+
 def test_a_bad_setting_from_the_environment_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SHOPRANK_STORE", "elastic")
     result = runner.invoke(app, ["search", "shoes", "--opensearch-url", "http://127.0.0.1:9"])

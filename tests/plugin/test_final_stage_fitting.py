@@ -169,6 +169,7 @@ class _DownReranker:
     """A remote reranker that is down: every call fails as Triton's client does."""
 
     name = "down"
+    circuit_open = False
 
     def score(self, query: str, texts: object) -> list[float]:
         from reranker.errors import RerankerUnavailableError

@@ -80,6 +80,7 @@ class SlowReranker:
     """Takes 1 ms per 100 characters, like a model whose cost grows with the text."""
 
     name = "slow"
+    circuit_open = False
 
     def score(self, query: str, texts: Sequence[str]) -> list[float]:
         time.sleep(sum(len(query) + len(text) for text in texts) / 100 / 1000)

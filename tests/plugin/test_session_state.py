@@ -11,6 +11,8 @@ import pytest
 from plugin.personalization import SIGNAL_WEIGHTS, ZERO, personal_terms, rescaled
 from plugin.session_store import (
     HALF_LIFE_SECONDS,
+    MAX_AFFINITIES,
+    MAX_PURCHASED,
     Engagement,
     EngagementKind,
     SessionState,
@@ -116,3 +118,15 @@ def test_a_history_about_something_else_does_not_steer_by_profile_or_price() -> 
     related = personal_terms(state, products, vectors, T0 + 20, query_vector=halfway)
     assert related[0].signals["history_match"] == pytest.approx(0.5)
     assert related[0].value > 0 > related[1].value
+
+
+def test_a_long_session_keeps_bounded_affinities_and_its_latest_purchases() -> None:
+    state = SessionState.empty("s1")
+    for i in range(3 * MAX_PURCHASED):
+        state = state.applied(Engagement("purchase", f"p{i}", T0 + i, E1, f"brand {i}",
+                                         (f"top {i}", f"leaf {i}"), 10.0))
+    assert len(state.brands) == MAX_AFFINITIES
+    assert len(state.categories) == MAX_AFFINITIES
+    newest = f"brand {3 * MAX_PURCHASED - 1}"
+    assert newest in state.brands and "brand 0" not in state.brands  # the weakest go
+    assert state.purchased == tuple(f"p{i}" for i in range(2 * MAX_PURCHASED, 3 * MAX_PURCHASED))

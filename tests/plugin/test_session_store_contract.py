@@ -327,3 +327,15 @@ def test_settings_are_checked_without_connecting() -> None:
     with pytest.raises(ValueError, match="max_events"):
         RedisSessionStore(max_events=0)
     RedisSessionStore("redis://127.0.0.1:1/0")  # nothing listens there: still no error
+
+
+def test_the_in_memory_store_keeps_at_most_max_sessions_the_least_recently_written_go() -> None:
+    clock = FakeClock()
+    store = InMemorySessionStore(max_sessions=2, clock=clock)
+    for session in ("a", "b", "a", "c"):  # "a" written again: "b" is the oldest
+        store.update(session, lambda state, s=session: state or SessionState.empty(s), [{}])
+    assert store.get("b") is None
+    assert store.get("a") is not None and store.get("c") is not None
+    for i in range(1000):
+        store.update(f"s{i}", lambda state: state or SessionState.empty("x"), [])
+    assert sum(store.get(f"s{i}") is not None for i in range(1000)) == 2

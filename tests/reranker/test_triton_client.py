@@ -17,7 +17,12 @@ from plugin.cli import app as cli
 from plugin.models import SearchRequest
 from plugin.pipeline import SearchPipeline
 from plugin.search_plan import SearchSettings
-from reranker.errors import CheckpointError, RerankerError, RerankerUnavailableError
+from reranker.errors import (
+    UNAVAILABLE_CAUSES,
+    CheckpointError,
+    RerankerError,
+    RerankerUnavailableError,
+)
 from reranker.triton import TritonReranker
 from reranker.triton_contract import CHECKPOINT_DIR, MODEL_FILE, MODEL_NAME
 from reranker.triton_export import export_reranker
@@ -37,11 +42,15 @@ def test_unreachable_server_is_unavailable_then_skipped_without_calling() -> Non
         _dead_url(), timeout_seconds=1.0, breaker=CircuitBreaker(failures=2, reset_seconds=60)
     )
     try:
+        assert not reranker.circuit_open
         for _ in range(2):
-            with pytest.raises(RerankerUnavailableError, match=r"failed|did not answer"):
+            with pytest.raises(RerankerUnavailableError, match=r"failed|did not answer") as e:
                 reranker.score("shoes", ["red shoes"])
-        with pytest.raises(RerankerUnavailableError, match="circuit open"):
+            assert e.value.cause in ("failed", "timeout")
+        assert reranker.circuit_open
+        with pytest.raises(RerankerUnavailableError, match="circuit open") as e:
             reranker.score("shoes", ["red shoes"])
+        assert e.value.cause == "circuit_open"
         assert not reranker.ready()
     finally:
         reranker.close()
@@ -80,7 +89,10 @@ def test_search_fails_open_to_retrieval_order_when_the_reranker_is_down(
     assert response.degraded_reason.startswith("reranker skipped: reranker triton:")
     assert response.reranked == 0
     assert [hit.id for hit in response.results] == [hit.id for hit in plain.results]
-    assert pipeline.counters["search_degraded_total"] == 1
+    degraded = {sample.labels["reason"]: sample.value
+                for family in pipeline.metrics.degraded.collect()
+                for sample in family.samples if sample.name.endswith("_total")}
+    assert sum(degraded.values()) == 1 and set(degraded) == set(UNAVAILABLE_CAUSES)
 
 
 def _repository(tmp_path: Path) -> Path:

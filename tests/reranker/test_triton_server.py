@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
 from typer.testing import CliRunner
 
 from indexer.encoder import BiEncoder
@@ -266,7 +267,15 @@ def test_search_degrades_while_triton_is_down_and_recovers_by_itself(
                 down = http.post("/search", json=body)
                 assert down.status_code == 200 and down.json()["degraded"]
                 assert down.json()["reranked"] == 0 and len(down.json()["results"]) == 10
-            assert "shoprank_search_degraded_total 5" in http.get("/metrics").text
+            metrics = {
+                (sample.name, sample.labels.get("reason")): sample.value
+                for family in text_string_to_metric_families(http.get("/metrics").text)
+                for sample in family.samples
+            }
+            assert sum(value for (name, _), value in metrics.items()
+                       if name == "shoprank_search_degraded_total") == 5
+            assert metrics["shoprank_search_degraded_total", "circuit_open"] >= 1
+            assert metrics["shoprank_reranker_circuit_open", None] == 1
 
             _triton("start", env)
             deadline = time.monotonic() + 60

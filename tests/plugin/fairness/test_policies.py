@@ -410,3 +410,18 @@ def test_in_memory_store_keeps_running_sums_of_its_window() -> None:
     assert totals.exposure == pytest.approx({"a": 0.25, "b": 1.0, "c": 2.0})
     assert totals.relevance == pytest.approx({"a": 0.1, "b": 0.7, "c": 1.4})
     assert store.get("other").queries == 0
+
+
+def test_in_memory_store_forgets_the_least_recently_updated_key_past_max_keys() -> None:
+    """Requests choose the key (each max_ndcg_loss is its own window), so keys are capped."""
+    store = InMemoryExposureStore(window=3, max_keys=2)
+    for loss in (0.01, 0.02, 0.01, 0.03):  # 0.01 updated again, so 0.02 is the oldest
+        store.update(f"brand:{loss}", {"a": 1.0}, {"a": 1.0})
+    assert len(store) == 2
+    assert store.get("brand:0.02").queries == 0  # forgotten: a new window starts empty
+    assert store.get("brand:0.01").queries == 2 and store.get("brand:0.03").queries == 1
+    for i in range(1000):
+        store.update(f"brand:{i / 1000}", {"a": 1.0}, {"a": 1.0})
+    assert len(store) == 2
+    with pytest.raises(ValueError, match="max_keys must be at least 1"):
+        InMemoryExposureStore(max_keys=0)
