@@ -81,6 +81,8 @@ class LocalStore:
     6764
     """
 
+    circuit_open = False  # nothing remote to stop calling
+
     def __init__(self, root: Path, *, keep_versions: int = 2) -> None:
         self.root = root
         self._keep_versions = max(1, keep_versions)

@@ -134,6 +134,10 @@ class OpenSearchStore:
         return f"{self.url} (alias {self.alias})"
 
     @property
+    def circuit_open(self) -> bool:
+        return self._guard.breaker.state != "closed"
+
+    @property
     def dimension(self) -> int:
         if self._dimension is None:
             mapping = self._serving_mapping()

@@ -107,6 +107,13 @@ class VectorStore(Protocol):
         """Where the index lives, for messages (a folder, or a URL and an alias)."""
         ...
 
+    @property
+    def circuit_open(self) -> bool:
+        """Whether calls are refused at once after repeated failures to answer (a remote
+        store's `indexer.circuit.CircuitBreaker`, open or half-open); an embedded store's never
+        is."""
+        ...
+
     def exists(self) -> bool:
         """Whether a complete serving index is there."""
         ...

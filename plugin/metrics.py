@@ -58,12 +58,15 @@ UNROUTED = "unrouted"
 class SearchMetrics:
     """The query path's metrics; a `prometheus_client` collector an app's registry reads.
 
-    ``circuit_open`` reads the reranker's circuit (`reranker.base.Reranker.circuit_open`); the
-    gauge is refreshed after every rerank and whenever the metrics are read.
+    ``circuit_open`` reads the reranker's circuit (`reranker.base.Reranker.circuit_open`),
+    ``store_circuit_open`` the store's (`indexer.store.VectorStore.circuit_open`); the gauges
+    are refreshed after every rerank and whenever the metrics are read.
     """
 
-    def __init__(self, circuit_open: Callable[[], bool] = lambda: False) -> None:
+    def __init__(self, circuit_open: Callable[[], bool] = lambda: False,
+                 store_circuit_open: Callable[[], bool] = lambda: False) -> None:
         self._circuit_open = circuit_open
+        self._store_circuit_open = store_circuit_open
         self.searches = Counter("shoprank_search", "Searches started.", registry=None)
         self.degraded = Counter(
             "shoprank_search_degraded",
@@ -90,9 +93,14 @@ class SearchMetrics:
             "1 while the reranker's circuit breaker skips a failing server, else 0.",
             registry=None, multiprocess_mode="mostrecent",
         )
+        self.store_circuit = Gauge(
+            "shoprank_store_circuit_open",
+            "1 while the store's circuit breaker refuses calls to a failing OpenSearch, else 0.",
+            registry=None, multiprocess_mode="mostrecent",
+        )
         self._metrics: tuple[MetricWrapperBase, ...] = (
             self.searches, self.degraded, self.personalized, self.personalization_unavailable,
-            self.stage_seconds, self.circuit,
+            self.stage_seconds, self.circuit, self.store_circuit,
         )
         self.refresh()
 
@@ -105,8 +113,9 @@ class SearchMetrics:
         self.degraded.labels(cause).inc()
 
     def refresh(self) -> None:
-        """Read the reranker's circuit into its gauge."""
+        """Read the reranker's and the store's circuits into their gauges."""
         self.circuit.set(int(self._circuit_open()))
+        self.store_circuit.set(int(self._store_circuit_open()))
 
     def describe(self) -> Iterable[Metric]:
         for metric in self._metrics:

@@ -84,7 +84,8 @@ class SearchPipeline:
         )
         self.final = FinalStage(store, rankers)
         #: What the searches did, served at GET /metrics.
-        self.metrics = SearchMetrics(lambda: self.reranker.circuit_open)
+        self.metrics = SearchMetrics(lambda: self.reranker.circuit_open,
+                                     lambda: self.store.circuit_open)
         self._sessions = sessions or InMemorySessionStore()
         self.post_processors: list[PostProcessor] = [
             Personalize(self._sessions, store, self.metrics),

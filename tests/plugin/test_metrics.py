@@ -19,7 +19,9 @@ from indexer.circuit import CircuitBreaker
 from indexer.encoder import BiEncoder
 from indexer.indexing import index_products
 from indexer.local_store import LocalStore
+from indexer.opensearch_store import OpenSearchStore
 from indexer.schema import Product
+from indexer.settings import IndexerSettings
 from plugin.api import create_app
 from plugin.components import build_final_rankers
 from plugin.pipeline import SearchPipeline
@@ -205,3 +207,18 @@ def test_a_guards_answer_is_counted_as_unrouted_with_its_status(
         samples, _ = scrape(client)
     assert value(samples, "shoprank_http_errors_total", route="unrouted", status="429") == 1
     assert value(samples, "shoprank_search_total") == 1  # the refused one never searched
+
+
+def test_an_opensearch_that_is_gone_opens_the_store_circuit() -> None:
+    settings = IndexerSettings(store="opensearch", opensearch_url=_dead_url(),
+                               opensearch_circuit_failures=2, opensearch_circuit_reset_s=600)
+    pipeline = SearchPipeline(OpenSearchStore(settings, "metrics"), BiEncoder(),
+                              rankers=build_final_rankers(Settings(), has_reranker=False))
+    with TestClient(create_app(Settings(), pipeline)) as client:
+        samples, _ = scrape(client)
+        assert value(samples, "shoprank_store_circuit_open") == 0
+        for _ in range(3):
+            assert client.post("/search", json={"query": "shoes"}).status_code == 503
+        samples, _ = scrape(client)
+    assert value(samples, "shoprank_store_circuit_open") == 1
+    assert value(samples, "shoprank_http_errors_total", route="/search", status="503") == 3
