@@ -129,10 +129,16 @@ class StageScores(BaseModel):
 class Explanation(BaseModel):
     """Why a result sits where it does."""
 
-    bm25_rank: int | None = Field(description="rank in the BM25 list, if retrieved by BM25")
-    vector_rank: int | None = Field(description="rank in the vector list, if retrieved by it")
+    bm25_rank: int | None = Field(
+        default=None, description="rank in the BM25 list, if retrieved by BM25"
+    )
+    vector_rank: int | None = Field(
+        default=None, description="rank in the vector list, if retrieved by it"
+    )
     retrieval_rank: int = Field(description="rank after retrieval (fused in hybrid mode)")
-    rerank_rank: int | None = Field(description="rank inside the rerank window, if reranked")
+    rerank_rank: int | None = Field(
+        default=None, description="rank inside the rerank window, if reranked"
+    )
     ordered_by: str = Field(description="the stage whose score set the final order")
     final_contributions: dict[str, float] | None = Field(
         default=None,
@@ -152,14 +158,14 @@ class Explanation(BaseModel):
 
 class RankedProduct(BaseModel):
     """What a result list shows of a product, at its rank: the fields search results and
-    recommendations share."""
+    recommendations share. The API leaves out a field that is None (no brand, no price)."""
 
     rank: int
     id: str
     title: str
-    brand: str | None
+    brand: str | None = None
     category: list[str]
-    price: float | None
+    price: float | None = None
     in_stock: bool | None = None
 
     @staticmethod

@@ -8,6 +8,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
+from typing import Any
 
 from fastapi import FastAPI
 
@@ -78,9 +79,21 @@ def create_app(
         app.include_router(router)
     app.include_router(web_router)
     add_docs(app)
+    app.openapi = partial(_openapi, app)  # type: ignore[method-assign]
     # The last added runs first: CORS headers go on every answer, the guards' included; a
     # client over its rate is answered before its body is looked at.
     app.add_middleware(BodyLimitMiddleware)
     app.add_middleware(RateLimitMiddleware)
     app.add_middleware(ConfiguredCors)
     return app
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's schema plus the models of the `POST /events` body, whose handler reads the body
+    itself (so FastAPI does not collect them)."""
+    if app.openapi_schema is None:
+        schema = FastAPI.openapi(app)
+        schema.setdefault("components", {}).setdefault("schemas", {}).update(
+            sessions.EVENT_SCHEMAS
+        )
+    return app.openapi_schema  # type: ignore[return-value]
