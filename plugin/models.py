@@ -4,10 +4,18 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    model_validator,
+)
 
 from indexer.schema import Product
 from indexer.store import Filters, RetrievalMode
+from indexer.text import cleaned
 
 MAX_QUERY_CHARS = 512
 MAX_K = 100
@@ -18,8 +26,12 @@ SessionId = Annotated[
     str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:@-]+$")
 ]
 
+#: A query, cleaned as catalog text is (`indexer.text.clean_text`: control characters count
+#: as spaces), then held to 1-512 characters.
 QueryText = Annotated[
-    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_QUERY_CHARS)
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_QUERY_CHARS),
+    BeforeValidator(cleaned),
 ]
 
 
@@ -35,9 +47,9 @@ class FairnessPolicy(BaseModel):
     #: Which product field defines the groups ("category": the top level of the path).
     field: Literal["brand", "category"] = "brand"
     #: The protected groups, by name (FA*IR protects them) ...
-    protected: list[Annotated[str, StringConstraints(min_length=1, max_length=200)]] | None = (
-        Field(default=None, max_length=1000)
-    )
+    protected: list[
+        Annotated[str, StringConstraints(min_length=1, max_length=200), BeforeValidator(cleaned)]
+    ] | None = Field(default=None, max_length=1000)
     #: ... or by rule: brands with less than this share of the catalog (categories: of the
     #: query's candidates).
     protected_share_below: float | None = Field(default=None, gt=0, lt=1)

@@ -19,6 +19,7 @@ from plugin.api.cors import ConfiguredCors
 from plugin.api.docs import add_docs
 from plugin.api.error_handlers import add_error_handlers
 from plugin.api.rate_limit import Clock, RateLimitMiddleware, route_buckets
+from plugin.api.responses import SafeJSONResponse
 from plugin.components import build_pipeline
 from plugin.pipeline import SearchPipeline
 from plugin.settings import Settings
@@ -73,6 +74,7 @@ def create_app(
         lifespan=partial(lifespan, settings=settings, pipeline=pipeline, clock=clock),
         docs_url=None,
         redoc_url=None,
+        default_response_class=SafeJSONResponse,
     )
     add_error_handlers(app)
     for router in (search.router, products.router, sessions.router, operations.router):

@@ -1,6 +1,7 @@
-"""The error answers of the API as OpenAPI declares them: one table of what each status means
-here, and the JSON bodies `plugin.api.error_handlers`, the handlers and the request guards
-send with them. Routes list their statuses with `error_responses`:
+"""The API's answers: `SafeJSONResponse`, the class every JSON answer is rendered with, and
+the error answers as OpenAPI declares them: one table of what each status means here, and the
+JSON bodies `plugin.api.error_handlers`, the handlers and the request guards send with them.
+Routes list their statuses with `error_responses`:
 
 >>> sorted(error_responses(404, 503))
 [404, 503]
@@ -10,9 +11,42 @@ send with them. Routes list their statuses with `error_responses`:
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, create_model
+
+from indexer.text import replace_surrogates
+
+
+class SafeJSONResponse(JSONResponse):
+    """JSON that always renders. Python reads ``NaN``, ``Infinity`` and an unpaired ``\\ud800``
+    in a request's JSON, and a 422 repeats the input it refuses; neither fits in strict UTF-8
+    JSON, and rendering them failed the answer with a 500. Here a number that is not finite
+    is written as null and an unpaired surrogate as U+FFFD (as catalog text is cleaned).
+
+    >>> SafeJSONResponse({"input": [float("nan"), "a\\ud800"]}).body
+    b'{"input":[null,"a\\xef\\xbf\\xbd"]}'
+    """
+
+    def render(self, content: Any) -> bytes:
+        try:
+            return super().render(content)
+        except (UnicodeEncodeError, ValueError):
+            return super().render(_json_safe(content))
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, str):
+        return replace_surrogates(value)
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {_json_safe(key): _json_safe(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(item) for item in value]
+    return value
 
 
 class ErrorBody(BaseModel):
