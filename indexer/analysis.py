@@ -1,16 +1,18 @@
 """Text analysis for lexical search: the one definition both stores follow.
 
-The chain is: split into runs of Unicode letters, combining marks and digits -> cut a word
-longer than `MAX_TERM_CHARS` to its first `MAX_TERM_CHARS` (UTF-16 code units, as Lucene counts)
--> lowercase one character at a time (as Lucene does: Python's own ``str.lower`` differs for
-"İ" and a final "Σ") -> drop stop words -> Lucene's minimal English stemmer (plurals only).
-The local store runs it in Python; the OpenSearch store declares the same chain as an index
-analyzer (``opensearch_analysis_settings``), so BM25 sees the same terms in both. Plural-only
-stemming was chosen over Snowball because it is exactly reproducible in both stores and does not
-conflate words such as organic/organ or paste/past; it also scored higher nDCG@10 on both shared
-catalogs (README). Marks stay inside their word, so "हिन्दी" is one word, not three letters.
-Words are cut because Lucene refuses a term over 32,766 bytes, which would fail a whole
+The chain is: split into runs of Unicode letters and digits -> cut a word longer than
+`MAX_TERM_CHARS` to its first `MAX_TERM_CHARS` (UTF-16 code units, as Lucene counts) ->
+lowercase one character at a time (as Lucene does: Python's own ``str.lower`` differs for "İ"
+and a final "Σ") -> drop stop words -> Lucene's minimal English stemmer (plurals only). The local
+store runs it in Python; the OpenSearch store declares the same chain as an index analyzer
+(``opensearch_analysis_settings``), so BM25 sees the same terms in both. Plural-only stemming was
+chosen over Snowball because it is exactly reproducible in both stores and does not conflate
+words such as organic/organ or paste/past; it also scored higher nDCG@10 on both shared catalogs
+(README). Words are cut because Lucene refuses a term over 32,766 bytes, which failed a whole
 OpenSearch reindex; a query's long word is cut the same way, so it still matches.
+
+Letters and digits are Unicode's as each side's tables know them: a letter assigned after the
+JVM's Unicode version (13.0 for Java 17) is a word locally and not to OpenSearch.
 """
 
 from __future__ import annotations
@@ -25,12 +27,12 @@ STOPWORDS: tuple[str, ...] = (
     "it", "no", "not", "of", "on", "or", "such", "that", "the", "their", "then", "there",
     "these", "they", "this", "to", "was", "will", "with",
 )
-TOKEN_PATTERN = r"[\p{L}\p{M}\p{N}]+"
+TOKEN_PATTERN = r"[\p{L}\p{N}]+"
 #: The longest term, in UTF-16 code units (Lucene's ``truncate`` filter); longer words are cut.
 MAX_TERM_CHARS = 512
 #: Changes whenever `analyze` would produce other terms: a local index built with another
 #: version must be rebuilt, since its stored terms no longer match analysed queries.
-ANALYZER_VERSION = "letters-marks-digits/truncate-512/lucene-lower/lucene-stop/minimal-english/2"
+ANALYZER_VERSION = "letters-digits/truncate-512/lucene-lower/lucene-stop/minimal-english/2"
 ANALYZER_NAME = "shoprank_text"
 
 _TOKEN = regex.compile(TOKEN_PATTERN)
