@@ -13,8 +13,9 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from indexer.catalog import CatalogLoad, load_catalog
+from indexer.catalog import CatalogLoad, listed, load_catalog
 from indexer.encoder import BiEncoder
+from indexer.errors import CatalogError
 from indexer.progress import IndexPhase, IndexProgress, phase
 from indexer.schema import Product, product_to_text
 from indexer.store import VectorStore, check_encoder
@@ -116,9 +117,17 @@ def reindex_catalog(
     strict: bool = False,
     progress: IndexProgress | None = None,
 ) -> tuple[IndexReport, CatalogLoad]:
-    """Load a catalog (strict mode fails before anything is written) and rebuild the index."""
+    """Load a catalog (strict mode fails before anything is written) and rebuild the index.
+
+    A catalog without one valid product fails before anything is encoded or written.
+    """
     with phase(progress, "validate"):
         load = load_catalog(catalog, strict=strict)
+    if not load.products:
+        raise CatalogError(
+            f"{catalog}: no valid product ({len(load.errors)} invalid line(s)); nothing was "
+            "written" + listed(load.errors)
+        )
     version = index_products(
         store, load.products, encoder, progress=progress, metadata={"catalog": str(catalog)}
     )

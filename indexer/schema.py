@@ -7,9 +7,18 @@ different to two stages.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
+
+from indexer.text import check_identifier, cleaned
 
 #: Dimension of the packaged all-MiniLM-L6-v2 bi-encoder.
 EMBEDDING_DIM = 384
@@ -19,12 +28,19 @@ LEXICAL_FIELDS: dict[str, float] = {"text": 1.0, "title": 0.5}
 
 _MAX_BULLETS = 5
 _MAX_ATTRIBUTES = 12
+#: The longest brand or category name: OpenSearch keeps them as whole terms, and refuses a
+#: document with a term over 32,766 bytes (its whole reindex would fail).
+MAX_NAME_CHARS = 256
+Name = Annotated[str, StringConstraints(max_length=MAX_NAME_CHARS)]
 
 
 class Product(BaseModel):
     """One catalog line. Real catalogs are ragged: nulls become empty values.
 
-    Extra fields (Icecat's `gtin`, `model`, `released`, ...) are kept as they are.
+    Extra fields (Icecat's `gtin`, `model`, `released`, ...) are kept, a NaN or infinite number
+    in them as null (as both stores would serve it). Every text but the id is cleaned by
+    `indexer.text.clean_text` (control characters as spaces, NFC); an id with a control
+    character is refused.
 
     ``in_stock`` is None when the catalog does not say (such a product counts as available).
     A line with an integer ``stock`` quantity and no ``in_stock`` is in stock when the quantity
@@ -40,14 +56,24 @@ class Product(BaseModel):
     title: str = Field(min_length=1)
     description: str = ""
     bullet_points: list[str] = Field(default_factory=list)
-    brand: str | None = None
-    category: list[str] = Field(default_factory=list)
+    brand: Name | None = None
+    category: list[Name] = Field(default_factory=list)
     price: float | None = Field(default=None, ge=0)
     rating: float | None = Field(default=None, ge=0)
     rating_count: int | None = Field(default=None, ge=0)
     image_url: str | None = None
     attributes: dict[str, str] = Field(default_factory=dict)
     in_stock: bool | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _clean_text(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        return {
+            key: value if key == "id" else cleaned(value, nan_as_null=key not in _DECLARED)
+            for key, value in data.items()
+        }
 
     @model_validator(mode="before")
     @classmethod
@@ -64,7 +90,7 @@ class Product(BaseModel):
     def _id_as_text(cls, value: Any) -> Any:
         if isinstance(value, int) and not isinstance(value, bool):
             return str(value)
-        return value.strip() if isinstance(value, str) else value
+        return check_identifier(value.strip()) if isinstance(value, str) else value
 
     @field_validator("title", mode="before")
     @classmethod
@@ -100,6 +126,10 @@ class Product(BaseModel):
         if isinstance(value, dict):
             return {str(k): str(v) for k, v in value.items() if v not in (None, "")}
         return value
+
+
+#: The fields `Product` declares (the others are extra fields).
+_DECLARED = frozenset(Product.model_fields)
 
 
 def product_to_text(product: Product) -> str:

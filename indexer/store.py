@@ -16,6 +16,7 @@ from indexer.errors import DimensionMismatchError, EncoderMismatchError, StoreEr
 from indexer.model_files import PACKAGED_IDENTITY
 from indexer.progress import IndexProgress
 from indexer.schema import Product
+from indexer.text import cleaned
 
 RetrievalMode = Literal["bm25", "vector", "hybrid"]
 RETRIEVAL_MODES: tuple[RetrievalMode, ...] = ("bm25", "vector", "hybrid")
@@ -42,7 +43,12 @@ class Filters(BaseModel):
     @field_validator("brand", mode="before")
     @classmethod
     def _one_brand_is_a_list(cls, value: object) -> object:
-        return [value] if isinstance(value, str) else value
+        return cleaned([value] if isinstance(value, str) else value)
+
+    @field_validator("category", mode="before")
+    @classmethod
+    def _clean_category(cls, value: object) -> object:
+        return cleaned(value)
 
     @model_validator(mode="after")
     def _range_is_ordered(self) -> Filters:

@@ -4,10 +4,18 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    model_validator,
+)
 
 from indexer.schema import Product
 from indexer.store import Filters, RetrievalMode
+from indexer.text import cleaned
 
 MAX_QUERY_CHARS = 512
 MAX_K = 100
@@ -18,8 +26,12 @@ SessionId = Annotated[
     str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:@-]+$")
 ]
 
+#: A query, cleaned as catalog text is (`indexer.text.clean_text`: control characters count
+#: as spaces), then held to 1-512 characters.
 QueryText = Annotated[
-    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_QUERY_CHARS)
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_QUERY_CHARS),
+    BeforeValidator(cleaned),
 ]
 
 
@@ -35,9 +47,9 @@ class FairnessPolicy(BaseModel):
     #: Which product field defines the groups ("category": the top level of the path).
     field: Literal["brand", "category"] = "brand"
     #: The protected groups, by name (FA*IR protects them) ...
-    protected: list[Annotated[str, StringConstraints(min_length=1, max_length=200)]] | None = (
-        Field(default=None, max_length=1000)
-    )
+    protected: list[
+        Annotated[str, StringConstraints(min_length=1, max_length=200), BeforeValidator(cleaned)]
+    ] | None = Field(default=None, max_length=1000)
     #: ... or by rule: brands with less than this share of the catalog (categories: of the
     #: query's candidates).
     protected_share_below: float | None = Field(default=None, gt=0, lt=1)
@@ -129,10 +141,16 @@ class StageScores(BaseModel):
 class Explanation(BaseModel):
     """Why a result sits where it does."""
 
-    bm25_rank: int | None = Field(description="rank in the BM25 list, if retrieved by BM25")
-    vector_rank: int | None = Field(description="rank in the vector list, if retrieved by it")
+    bm25_rank: int | None = Field(
+        default=None, description="rank in the BM25 list, if retrieved by BM25"
+    )
+    vector_rank: int | None = Field(
+        default=None, description="rank in the vector list, if retrieved by it"
+    )
     retrieval_rank: int = Field(description="rank after retrieval (fused in hybrid mode)")
-    rerank_rank: int | None = Field(description="rank inside the rerank window, if reranked")
+    rerank_rank: int | None = Field(
+        default=None, description="rank inside the rerank window, if reranked"
+    )
     ordered_by: str = Field(description="the stage whose score set the final order")
     final_contributions: dict[str, float] | None = Field(
         default=None,
@@ -152,14 +170,14 @@ class Explanation(BaseModel):
 
 class RankedProduct(BaseModel):
     """What a result list shows of a product, at its rank: the fields search results and
-    recommendations share."""
+    recommendations share. The API leaves out a field that is None (no brand, no price)."""
 
     rank: int
     id: str
     title: str
-    brand: str | None
+    brand: str | None = None
     category: list[str]
-    price: float | None
+    price: float | None = None
     in_stock: bool | None = None
 
     @staticmethod

@@ -3,6 +3,7 @@
 - `app`: the app factory and the lifespan that builds and closes the pipeline;
 - `dependencies`: what handlers get through `Depends` (pipeline, settings, admin key, filters);
 - `error_handlers`: the package errors translated to HTTP statuses, once for every route;
+- `responses`: the JSON answer class, and each route's error answers as OpenAPI declares them;
 - `search`, `products`, `sessions`, `operations`, `metrics`: the routers, one per job
   (`metrics` also times and counts every request);
 - `cors`, `rate_limit`, `body_limit`: the request guards, ASGI middleware that answer before a

@@ -8,6 +8,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
+from typing import Any
 
 from fastapi import FastAPI
 
@@ -19,6 +20,7 @@ from plugin.api.docs import add_docs
 from plugin.api.error_handlers import add_error_handlers
 from plugin.api.metrics import add_metrics
 from plugin.api.rate_limit import Clock, RateLimitMiddleware, route_buckets
+from plugin.api.responses import SafeJSONResponse
 from plugin.components import build_pipeline
 from plugin.pipeline import SearchPipeline
 from plugin.settings import Settings
@@ -76,6 +78,7 @@ def create_app(
         lifespan=partial(lifespan, settings=settings, pipeline=pipeline, clock=clock),
         docs_url=None,
         redoc_url=None,
+        default_response_class=SafeJSONResponse,
     )
     add_error_handlers(app)
     for router in (search.router, products.router, sessions.router, operations.router,
@@ -83,6 +86,7 @@ def create_app(
         app.include_router(router)
     app.include_router(web_router)
     add_docs(app)
+    app.openapi = partial(_openapi, app)  # type: ignore[method-assign]
     # The last added runs first: every answer is timed and counted, the guards' included; CORS
     # headers go on every answer; a client over its rate is answered before its body is
     # looked at.
@@ -91,3 +95,14 @@ def create_app(
     app.add_middleware(ConfiguredCors)
     add_metrics(app)
     return app
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's schema plus the models of the `POST /events` body, whose handler reads the body
+    itself (so FastAPI does not collect them)."""
+    if app.openapi_schema is None:
+        schema = FastAPI.openapi(app)
+        schema.setdefault("components", {}).setdefault("schemas", {}).update(
+            sessions.EVENT_SCHEMAS
+        )
+    return app.openapi_schema  # type: ignore[return-value]

@@ -11,16 +11,10 @@ app unchanged.
 from __future__ import annotations
 
 from collections import deque
-from typing import Any
 
 from starlette.datastructures import Headers
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
-
-#: What routes with a body add to their OpenAPI responses.
-BODY_TOO_LARGE_RESPONSE: dict[int | str, dict[str, Any]] = {
-    413: {"description": "The body is over SHOPRANK_MAX_BODY_BYTES; it was not read."}
-}
 
 
 class BodyLimitMiddleware:

@@ -6,7 +6,8 @@ from __future__ import annotations
 import secrets
 from typing import Annotated, Any
 
-from fastapi import Depends, Header, HTTPException, Query, Request
+from fastapi import Depends, HTTPException, Query, Request, Security
+from fastapi.security import APIKeyHeader
 from pydantic import ValidationError
 
 from indexer.store import Filters
@@ -30,8 +31,15 @@ PipelineDep = Annotated[SearchPipeline, Depends(get_pipeline)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
+#: The admin key, declared to OpenAPI as a security scheme (the docs page's "Authorize").
+ADMIN_KEY_HEADER = APIKeyHeader(
+    name="X-API-Key", scheme_name="AdminKey", auto_error=False,
+    description="SHOPRANK_ADMIN_API_KEY; the admin routes need it",
+)
+
+
 def require_admin(
-    settings: SettingsDep, x_api_key: Annotated[str | None, Header()] = None
+    settings: SettingsDep, x_api_key: Annotated[str | None, Security(ADMIN_KEY_HEADER)]
 ) -> None:
     """Admin endpoints need ``X-API-Key`` equal to ``SHOPRANK_ADMIN_API_KEY``."""
     expected = settings.admin_api_key

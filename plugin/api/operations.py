@@ -8,6 +8,7 @@ from pydantic import BaseModel
 
 from indexer.errors import IndexerError
 from plugin.api.dependencies import PipelineDep, SettingsDep
+from plugin.api.responses import error_with_detail
 
 router = APIRouter()
 
@@ -25,7 +26,8 @@ def healthz(settings: SettingsDep) -> Health:
     return Health(status="ok", index=settings.index)
 
 
-@router.get("/readyz", response_model=Health, response_model_exclude_none=True)
+@router.get("/readyz", response_model=Health, response_model_exclude_none=True,
+            responses=error_with_detail(503, Health, "The index is not ready; says why."))
 def readyz(settings: SettingsDep, pipeline: PipelineDep) -> Health:
     try:
         count = pipeline.store.count()

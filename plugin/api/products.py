@@ -14,9 +14,9 @@ from pydantic import ValidationError
 from indexer.indexing import upsert_products
 from indexer.schema import Product
 from indexer.updates import update_product
-from plugin.api.body_limit import BODY_TOO_LARGE_RESPONSE
 from plugin.api.dependencies import ADMIN, PipelineDep
 from plugin.api.error_handlers import request_validation_error
+from plugin.api.responses import ADMIN_ERRORS, error_responses
 from plugin.errors import UnknownProductError
 from plugin.pipeline import SearchPipeline
 
@@ -30,13 +30,14 @@ def _stored(pipeline: SearchPipeline, product_id: str) -> Product:
     return product
 
 
-@router.get("/products/{product_id}", response_model=Product)
+@router.get("/products/{product_id}", response_model=Product,
+            responses=error_responses(404, 422, 503))
 def get_product(product_id: str, pipeline: PipelineDep) -> Product:
     return _stored(pipeline, product_id)
 
 
 @router.put("/products/{product_id}", response_model=Product, dependencies=ADMIN,
-            responses=BODY_TOO_LARGE_RESPONSE)
+            responses=error_responses(*ADMIN_ERRORS, 400, 413, 422, 503))
 def put_product(product_id: str, body: Product, pipeline: PipelineDep) -> Product:
     """Add or replace one product; it is searchable when the response arrives."""
     if body.id != product_id:
@@ -49,7 +50,7 @@ def put_product(product_id: str, body: Product, pipeline: PipelineDep) -> Produc
 
 
 @router.patch("/products/{product_id}", response_model=Product, dependencies=ADMIN,
-              responses=BODY_TOO_LARGE_RESPONSE)
+              responses=error_responses(*ADMIN_ERRORS, 400, 404, 413, 422, 503))
 def patch_product(
     product_id: str,
     changes: Annotated[dict[str, Any], Body(examples=[{"price": 19.99, "in_stock": False}])],
@@ -67,7 +68,8 @@ def patch_product(
     return updated
 
 
-@router.delete("/products/{product_id}", status_code=204, dependencies=ADMIN)
+@router.delete("/products/{product_id}", status_code=204, dependencies=ADMIN,
+               responses=error_responses(*ADMIN_ERRORS, 404, 422, 503))
 def delete_product(product_id: str, pipeline: PipelineDep) -> Response:
     if pipeline.store.delete([product_id]) == 0:
         raise UnknownProductError(f"no product with id {product_id!r}")

@@ -21,7 +21,6 @@ import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from typing import Any
 
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -32,14 +31,6 @@ Clock = Callable[[], float]
 
 #: The routes that are limited, each with its own buckets.
 LIMITED_PATHS = ("/search", "/events")
-
-#: What the limited routes add to their OpenAPI responses.
-RATE_LIMITED_RESPONSE: dict[int | str, dict[str, Any]] = {
-    429: {
-        "description": "Too many requests from this client (SHOPRANK_RATE_LIMIT); the "
-        "Retry-After header says after how many seconds to try again.",
-    }
-}
 
 
 class TokenBuckets:

@@ -8,9 +8,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, HTTPException, Query
 
 from indexer.store import Filters
-from plugin.api.body_limit import BODY_TOO_LARGE_RESPONSE
 from plugin.api.dependencies import FiltersDep, KParam, PipelineDep
-from plugin.api.rate_limit import RATE_LIMITED_RESPONSE
+from plugin.api.responses import error_responses
 from plugin.models import RecommendResponse, SearchRequest, SearchResponse, SessionId
 from plugin.recommend import NoHistoryError, recommend, similar
 
@@ -18,13 +17,13 @@ router = APIRouter()
 
 
 @router.post("/search", response_model=SearchResponse, response_model_exclude_none=True,
-             responses={**RATE_LIMITED_RESPONSE, **BODY_TOO_LARGE_RESPONSE})
+             responses=error_responses(400, 413, 422, 429, 503))
 def search(body: SearchRequest, pipeline: PipelineDep) -> SearchResponse:
     return pipeline.search(body)
 
 
 @router.get("/similar/{product_id}", response_model=RecommendResponse,
-            response_model_exclude_none=True)
+            response_model_exclude_none=True, responses=error_responses(404, 422, 503))
 def get_similar(
     product_id: str, pipeline: PipelineDep, filters: FiltersDep, k: KParam = 10
 ) -> RecommendResponse:
@@ -35,7 +34,8 @@ def get_similar(
     )
 
 
-@router.get("/recommend", response_model=RecommendResponse, response_model_exclude_none=True)
+@router.get("/recommend", response_model=RecommendResponse, response_model_exclude_none=True,
+            responses=error_responses(404, 422, 503))
 def get_recommend(
     session_id: Annotated[SessionId, Query()],
     pipeline: PipelineDep,

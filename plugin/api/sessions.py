@@ -13,10 +13,9 @@ from fastapi import APIRouter, HTTPException, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from pydantic import TypeAdapter, ValidationError
 
-from plugin.api.body_limit import BODY_TOO_LARGE_RESPONSE
 from plugin.api.dependencies import ADMIN, PipelineDep
 from plugin.api.error_handlers import request_validation_error
-from plugin.api.rate_limit import RATE_LIMITED_RESPONSE
+from plugin.api.responses import ADMIN_ERRORS, error_responses
 from plugin.events import Event, EventBatch, EventRecorder, RecordResult, session_summary
 from plugin.models import SessionId
 
@@ -25,18 +24,21 @@ router = APIRouter()
 _SINGLE_EVENT: TypeAdapter[Event] = TypeAdapter(Event)
 
 
+#: ``POST /events`` reads its body itself (each problem by its place in the batch), so FastAPI
+#: does not describe it: this is the body as OpenAPI shows it, a batch or one event of any type,
+#: and the models it refers to, which the app adds to the schema's components.
+_EVENTS_BODY = TypeAdapter(EventBatch | Event).json_schema(
+    ref_template="#/components/schemas/{model}"
+)
+EVENT_SCHEMAS: dict[str, Any] = _EVENTS_BODY.pop("$defs")
+
+
 @router.post(
     "/events",
     response_model=RecordResult,
-    responses={**RATE_LIMITED_RESPONSE, **BODY_TOO_LARGE_RESPONSE},
+    responses=error_responses(413, 422, 429, 503),
     openapi_extra={
-        "requestBody": {
-            "required": True,
-            "content": {"application/json": {"schema": {"oneOf": [
-                {"$ref": "#/components/schemas/EventBatch"},
-                {"$ref": "#/components/schemas/ClickEvent"},
-            ]}}},
-        }
+        "requestBody": {"required": True, "content": {"application/json": {"schema": _EVENTS_BODY}}}
     },
 )
 async def post_events(request: Request, pipeline: PipelineDep) -> RecordResult:
@@ -57,7 +59,8 @@ async def post_events(request: Request, pipeline: PipelineDep) -> RecordResult:
     return await run_in_threadpool(recorder.record, events)
 
 
-@router.get("/sessions/{session_id}", dependencies=ADMIN)
+@router.get("/sessions/{session_id}", dependencies=ADMIN,
+            responses=error_responses(*ADMIN_ERRORS, 404, 422, 503))
 def get_session(session_id: SessionId, pipeline: PipelineDep) -> dict[str, Any]:
     """What the server holds of a session: affinities, price band, recent events."""
     state = pipeline.session_store.get(session_id)
@@ -67,7 +70,8 @@ def get_session(session_id: SessionId, pipeline: PipelineDep) -> dict[str, Any]:
     return session_summary(state, events)
 
 
-@router.delete("/sessions/{session_id}", status_code=204, dependencies=ADMIN)
+@router.delete("/sessions/{session_id}", status_code=204, dependencies=ADMIN,
+               responses=error_responses(*ADMIN_ERRORS, 404, 422, 503))
 def delete_session(session_id: SessionId, pipeline: PipelineDep) -> Response:
     """Forget a session and its events."""
     if not pipeline.session_store.delete(session_id):
