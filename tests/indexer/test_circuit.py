@@ -59,6 +59,18 @@ def _fail(guard: CircuitGuard) -> None:
         raise Down("no answer")
 
 
+def _half_open() -> CircuitGuard:
+    """A guard whose circuit opened and whose reset time has passed: the next call is the
+    trial."""
+    clock = FakeClock()
+    guard = _guard(clock)
+    _fail(guard)
+    _fail(guard)
+    clock.now += 5.0
+    assert guard.breaker.state == "half-open"
+    return guard
+
+
 def test_the_guard_counts_only_failures_to_answer() -> None:
     guard = _guard(FakeClock())
     _fail(guard)
@@ -73,11 +85,7 @@ def test_the_guard_counts_only_failures_to_answer() -> None:
 
 
 def test_a_call_inside_the_half_open_trial_is_part_of_it() -> None:
-    clock = FakeClock()
-    guard = _guard(clock)
-    _fail(guard)
-    _fail(guard)
-    clock.now += 5.0
+    guard = _half_open()
     # the trial, and inside it a call of its own (e.g. finding the index it writes to)
     with guard.call(), guard.call():
         pass
@@ -85,11 +93,7 @@ def test_a_call_inside_the_half_open_trial_is_part_of_it() -> None:
 
 
 def test_a_trial_that_ends_in_an_interrupt_never_leaves_the_circuit_stuck() -> None:
-    clock = FakeClock()
-    guard = _guard(clock)
-    _fail(guard)
-    _fail(guard)
-    clock.now += 5.0
+    guard = _half_open()
     with pytest.raises(KeyboardInterrupt), guard.call():
         raise KeyboardInterrupt
     with guard.call():
