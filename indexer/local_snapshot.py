@@ -1,174 +1,194 @@
-"""One immutable, searchable state of the local store.
+"""One immutable, searchable state of the local store: a version plus its live changes.
 
-Searches read a snapshot without locks; a change builds a new snapshot (copy-on-write) and the
-store swaps it in.
+Searches read a snapshot without locks. A change makes a new snapshot that shares the version
+(memory-mapped, `indexer.local_segment`) and carries a new overlay (`indexer.local_overlay`), and
+the store swaps it in, so a reader sees a batch of changes entirely or not at all.
+
+Every search returns the best ``n`` by (score, id), as OpenSearch sorts: the version's part and
+the overlay's part are each cut that way and merged.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from indexer.lexical import LexicalIndex
-from indexer.schema import LEXICAL_FIELDS, Product, lexical_texts
+from indexer.analysis import analyze
+from indexer.lexical import K1
+from indexer.local_overlay import Overlay, Upsert
+from indexer.local_segment import FILTERED_EXACT_BELOW, Segment
+from indexer.schema import LEXICAL_FIELDS, Product
 from indexer.store import Filters, ScoredId
 
-#: A live upsert: the product, its text embedding and its title embedding (None if not given).
-Upsert = tuple[Product, npt.NDArray[np.float32], npt.NDArray[np.float32] | None]
+__all__ = ["Snapshot", "Upsert"]
 
 
 @dataclass(frozen=True)
 class Snapshot:
     version: str
     manifest: dict[str, Any]
-    products: list[Product]
-    rows: dict[str, int]
-    ids: npt.NDArray[np.str_]
-    vectors: npt.NDArray[np.float32]
-    #: one title embedding per row; a zero row where none was stored
-    title_vectors: npt.NDArray[np.float32]
-    #: the rows that have a title embedding
-    has_title: npt.NDArray[np.bool_]
-    lexical: dict[str, LexicalIndex]
-    brand_keys: npt.NDArray[np.str_]
-    prices: npt.NDArray[np.float64]
-    category_rows: dict[str, npt.NDArray[np.int64]]
-    #: rows known to be out of stock (``in_stock is False``); unknown counts as available
-    out_of_stock: npt.NDArray[np.bool_]
+    base: Segment
+    overlay: Overlay
     #: bytes of the version's update log already applied
     log_offset: int = 0
+    #: search the version's vectors exactly, even where it has an ANN index
+    exact: bool = False
 
-    @classmethod
-    def build(
-        cls,
-        version: str,
-        manifest: dict[str, Any],
-        products: list[Product],
-        vectors: npt.NDArray[np.float32],
-        title_vectors: npt.NDArray[np.float32] | None,
-        lexical: dict[str, LexicalIndex],
-        log_offset: int = 0,
-    ) -> Snapshot:
-        if title_vectors is None:
-            title_vectors = np.zeros_like(vectors)
-        category_lists: dict[str, list[int]] = {}
-        for row, product in enumerate(products):
-            for level in {level.lower() for level in product.category}:
-                category_lists.setdefault(level, []).append(row)
-        return cls(
-            version=version,
-            manifest=manifest,
-            products=products,
-            rows={product.id: row for row, product in enumerate(products)},
-            ids=np.array([product.id for product in products], dtype=np.str_),
-            vectors=vectors,
-            title_vectors=title_vectors,
-            has_title=np.any(title_vectors, axis=1, keepdims=False).astype(bool),
-            lexical=lexical,
-            brand_keys=np.array(
-                [(product.brand or "").lower() for product in products], dtype=np.str_
-            ),
-            prices=np.array(
-                [np.nan if product.price is None else product.price for product in products],
-                dtype=np.float64,
-            ),
-            category_rows={key: np.array(rows) for key, rows in category_lists.items()},
-            out_of_stock=np.array([product.in_stock is False for product in products], dtype=bool),
-            log_offset=log_offset,
-        )
+    # -- records ------------------------------------------------------------------------
 
-    def applied(
-        self,
-        upserts: dict[str, Upsert],
-        deletes: set[str],
-        log_offset: int,
-    ) -> Snapshot:
-        """A new snapshot with products replaced, added and removed."""
-        keep = [row for row, p in enumerate(self.products) if p.id not in deletes]
-        products = [self.products[row] for row in keep]
-        vectors = self.vectors[keep]
-        title_vectors = self.title_vectors[keep]
-        term_rows = {
-            field: [index.rows[row] for row in keep] for field, index in self.lexical.items()
-        }
-        positions = {p.id: i for i, p in enumerate(products)}
-        added_vectors, added_titles = [], []
-        for product, vector, title_vector in upserts.values():
-            title = np.zeros_like(vector) if title_vector is None else title_vector
-            texts = lexical_texts(product)
-            position = positions.get(product.id)
-            if position is None:
-                positions[product.id] = len(products)
-                products.append(product)
-                added_vectors.append(vector)
-                added_titles.append(title)
-                for field in LEXICAL_FIELDS:
-                    term_rows[field].append(self.lexical[field].row_for(texts[field]))
-            else:
-                products[position] = product
-                vectors[position] = vector
-                title_vectors[position] = title
-                for field in LEXICAL_FIELDS:
-                    term_rows[field][position] = self.lexical[field].row_for(texts[field])
-        if added_vectors:
-            vectors = np.vstack([vectors, np.stack(added_vectors)]).astype(np.float32)
-            title_vectors = np.vstack([title_vectors, np.stack(added_titles)]).astype(np.float32)
-        lexical = {field: self.lexical[field].with_rows(term_rows[field]) for field in self.lexical}
-        return Snapshot.build(
-            self.version, self.manifest, products, vectors, title_vectors, lexical, log_offset
-        )
+    @property
+    def dimension(self) -> int:
+        return int(self.base.vectors.shape[1])
 
-    def bm25_scores(self, text: str) -> npt.NDArray[np.float32]:
-        """Weighted sum of each lexical field's BM25 scores (OpenSearch's ``most_fields``)."""
-        total = np.zeros(len(self.products), dtype=np.float32)
-        for field, weight in LEXICAL_FIELDS.items():
-            total += np.float32(weight) * self.lexical[field].scores(text)
-        return total
+    def count(self) -> int:
+        return self.base.size - len(self.overlay.dead) + self.overlay.size
 
-    def mask(self, filters: Filters | None) -> npt.NDArray[np.bool_] | None:
-        if filters is None or filters.is_empty():
+    def _base_row(self, product_id: str) -> int | None:
+        row = self.base.row(product_id)
+        if row is None:
             return None
-        mask = np.ones(len(self.products), dtype=bool)
-        if filters.brand is not None:
-            mask &= np.isin(self.brand_keys, [brand.lower() for brand in filters.brand])
-        if filters.category is not None:
-            in_category = np.zeros(len(self.products), dtype=bool)
-            rows = self.category_rows.get(filters.category.lower())
-            if rows is not None:
-                in_category[rows] = True
-            mask &= in_category
-        with np.errstate(invalid="ignore"):
-            if filters.price_min is not None:
-                mask &= self.prices >= filters.price_min
-            if filters.price_max is not None:
-                mask &= self.prices <= filters.price_max
-        if filters.in_stock is not None:
-            mask &= self.out_of_stock if filters.in_stock is False else ~self.out_of_stock
-        return mask
+        at = np.searchsorted(self.overlay.dead, row)
+        dead = at < len(self.overlay.dead) and self.overlay.dead[at] == row
+        return None if dead else row
 
-    def top(
-        self,
-        scores: npt.NDArray[np.float32],
-        n: int,
-        mask: npt.NDArray[np.bool_] | None,
-        *,
-        positive_only: bool,
+    def get(self, product_id: str) -> Product | None:
+        row = self.overlay.row(product_id)
+        if row is not None:
+            return self.overlay.products[row]
+        base = self._base_row(product_id)
+        return None if base is None else self.base.product(base)
+
+    def vector(self, product_id: str, *, title: bool = False) -> npt.NDArray[np.float32] | None:
+        """The stored vector (or title vector, if it has one) of a product; None otherwise."""
+        row = self.overlay.row(product_id)
+        if row is not None:
+            vectors = self.overlay.title_vectors if title else self.overlay.vectors
+            if vectors is None or (title and not self.overlay.has_title(row)):
+                return None
+            return np.array(vectors[row])
+        base = self._base_row(product_id)
+        if base is None or (title and not self.base.has_title[base]):
+            return None
+        return np.array((self.base.title_vectors if title else self.base.vectors)[base])
+
+    def brand_counts(self) -> dict[str, int]:
+        counts = np.bincount(self.base.brand_ids, minlength=len(self.base.brands))
+        np.subtract.at(counts, self.base.brand_ids[self.overlay.dead], 1)
+        totals = {brand: int(n) for brand, n in zip(self.base.brands, counts, strict=True) if n}
+        for product in self.overlay.products:
+            key = (product.brand or "").lower()
+            totals[key] = totals.get(key, 0) + 1
+        return totals
+
+    def applied(self, upserts: dict[str, Upsert], deletes: set[str], log_offset: int) -> Snapshot:
+        """A new snapshot with products replaced, added and removed."""
+        base_rows = {pid: self.base.row(pid) for pid in (*upserts, *deletes)}
+        overlay = self.overlay.applied(upserts, deletes, base_rows, self.dimension)
+        return Snapshot(self.version, self.manifest, self.base, overlay, log_offset, self.exact)
+
+    # -- searching ----------------------------------------------------------------------
+
+    def _allowed(self, filters: Filters | None) -> npt.NDArray[np.bool_] | None:
+        """The version's rows a search may return; None for all of them."""
+        filtered = filters is not None and not filters.is_empty()
+        if not filtered and not len(self.overlay.dead):
+            return None
+        allowed = self.base.mask(filters) if filters is not None and filtered else np.ones(
+            self.base.size, dtype=bool)
+        allowed[self.overlay.dead] = False
+        return allowed
+
+    def search_vector(
+        self, vector: npt.NDArray[np.float32], n: int, filters: Filters | None
     ) -> list[ScoredId]:
-        scores = scores.astype(np.float64, copy=True)
-        if mask is not None:
-            scores[~mask] = -np.inf
-        if positive_only:
-            scores[scores <= 0] = -np.inf
-        available = int(np.isfinite(scores).sum())
-        take = min(n, available)
+        query = vector.astype(np.float32, copy=False)
+        allowed = self._allowed(filters)
+        hits = self._base_vector_hits(query, n, allowed)
+        if self.overlay.size and self.overlay.vectors is not None:
+            scores = (self.overlay.vectors @ query).astype(np.float64)
+            hits += self._overlay_hits(scores, n, filters)
+        return _best(hits, n)
+
+    def _base_vector_hits(
+        self, query: npt.NDArray[np.float32], n: int, allowed: npt.NDArray[np.bool_] | None
+    ) -> list[ScoredId]:
+        base = self.base
+        available = base.size if allowed is None else int(allowed.sum())
+        if base.ann is not None and not self.exact and available > FILTERED_EXACT_BELOW:
+            rows = np.sort(base.ann.search(query, 2 * n, allowed))  # in disk order
+            if len(rows) >= min(n, available):  # else the graph walk ran dry: search exactly
+                return self._hits(rows, base.vectors[rows] @ query, n)
+        if allowed is None:
+            return self._hits(None, base.vectors @ query, n)
+        rows = np.flatnonzero(allowed)
+        return self._hits(rows, base.vectors[rows] @ query, n)
+
+    def search_bm25(self, text: str, n: int, filters: Filters | None) -> list[ScoredId]:
+        terms = analyze(text)
+        if not terms:
+            return []
+        overlay = self.overlay
+        base_total = np.zeros(self.base.size, dtype=np.float32)
+        delta_total = np.zeros(overlay.size, dtype=np.float32)
+        for name, weight in LEXICAL_FIELDS.items():
+            postings, delta = self.base.postings[name], overlay.lexical.get(name)
+            stats = postings.stats if delta is None else postings.stats + delta.stats
+            extra = {} if delta is None else {
+                t: len(found[0]) for t in set(terms) if (found := delta.lookup(t)) is not None}
+            scores = np.zeros(self.base.size, dtype=np.float32)
+            postings.add_scores(scores, terms, stats, extra)
+            base_total += np.float32(weight) * scores
+            if delta is not None and overlay.size:
+                delta_scores = np.zeros(overlay.size, dtype=np.float32)
+                for term in terms:
+                    found = delta.lookup(term)
+                    if found is None:
+                        continue
+                    rows, tf = found
+                    idf = stats.idf(postings.df(term) + len(rows))
+                    factor = stats.length_factor(delta.norms[rows])
+                    delta_scores[rows] += (K1 + 1) * idf * tf / (tf + factor)
+                delta_total += np.float32(weight) * delta_scores
+        matched = np.flatnonzero(base_total > 0)
+        allowed = self._allowed(filters)
+        if allowed is not None:
+            matched = matched[allowed[matched]]
+        hits = self._hits(matched, base_total[matched], n)
+        if overlay.size:
+            extra_scores = delta_total.astype(np.float64)
+            extra_scores[extra_scores <= 0] = -np.inf
+            hits += self._overlay_hits(extra_scores, n, filters)
+        return _best(hits, n)
+
+    def _hits(
+        self, rows: npt.NDArray[np.integer[Any]] | None, scores: npt.NDArray[Any], n: int
+    ) -> list[ScoredId]:
+        """The best ``n`` of the version's ``rows`` (all rows when None) by (score, id), with
+        any rows tied with the n-th."""
+        values = np.asarray(scores, dtype=np.float64)
+        take = min(n, len(values))
         if take <= 0:
             return []
-        # Everything tied with the n-th score competes, so the cut follows (score, id) exactly
-        # as OpenSearch's sort does.
-        cutoff = -np.partition(-scores, take - 1)[take - 1]
-        rows = np.flatnonzero(scores >= cutoff)
-        order = np.lexsort((self.ids[rows], -scores[rows]))[:take]
-        return [ScoredId(str(self.ids[row]), float(scores[row])) for row in rows[order]]
+        # Everything tied with the n-th score competes, so the cut follows (score, id).
+        cutoff = -np.partition(-values, take - 1)[take - 1]
+        chosen = np.flatnonzero(values >= cutoff)
+        at = chosen if rows is None else rows[chosen]
+        return [ScoredId(self.base.id(int(row)), float(values[i]))
+                for i, row in zip(chosen, at, strict=True)]
+
+    def _overlay_hits(
+        self, scores: npt.NDArray[np.float64], n: int, filters: Filters | None
+    ) -> list[ScoredId]:
+        products = self.overlay.products
+        keep = [i for i, p in enumerate(products)
+                if np.isfinite(scores[i]) and (filters is None or filters.matches(p))]
+        best = sorted(keep, key=lambda i: (-scores[i], products[i].id))[:n]
+        return [ScoredId(products[i].id, float(scores[i])) for i in best]
+
+
+def _best(hits: Iterable[ScoredId], n: int) -> list[ScoredId]:
+    return sorted(hits, key=lambda hit: (-hit.score, hit.product_id))[:n]

@@ -1,4 +1,4 @@
-"""The embedded vector store: exact search over in-memory vectors plus BM25, persisted on disk.
+"""The embedded vector store: vectors (HNSW from `EXACT_BELOW` products) and BM25 on disk.
 
 Layout under ``<home>/indexes/<name>/``::
 
@@ -6,11 +6,9 @@ Layout under ``<home>/indexes/<name>/``::
     .lock                 serialises writers across processes
     v20261128T070000-ab12/
         manifest.json     written last: a version without it is incomplete; it records
-                          the encoder that wrote the vectors
-        products.jsonl    the validated records
-        vectors.npy       float32, one L2-normalised row per product
-        title_vectors.npy the same for the titles alone (absent in versions written without)
-        bm25/<field>/     one lexical index per field of LEXICAL_FIELDS
+                          the encoder that wrote the vectors and the files' `FORMAT`
+        products.jsonl, vectors.npy, bm25/, ann.faiss, ...
+                          the version itself, memory-mapped (`indexer.local_segment`)
         updates.jsonl     live upserts and deletes since the version was built
 
 A rebuild writes a new version beside the serving one and only then moves ``CURRENT``, so a
@@ -45,8 +43,9 @@ import numpy.typing as npt
 from indexer.analysis import ANALYZER_VERSION
 from indexer.encoder_stamp import EncoderStamp
 from indexer.errors import DimensionMismatchError, IndexNotFoundError, StoreError
-from indexer.lexical import LexicalIndex
 from indexer.local_disk import disk_error, fsync_tree, remove_path
+from indexer.local_overlay import Overlay
+from indexer.local_segment import EXACT_BELOW, Segment, write_segment
 from indexer.local_snapshot import Snapshot
 from indexer.local_update_log import (
     UPDATES,
@@ -58,7 +57,7 @@ from indexer.local_update_log import (
     upsert_entries,
 )
 from indexer.progress import IndexProgress
-from indexer.schema import LEXICAL_FIELDS, Product, lexical_texts
+from indexer.schema import Product
 from indexer.store import Filters, ScoredId, check_rebuild, check_vectors
 
 logger = logging.getLogger(__name__)
@@ -68,9 +67,8 @@ _CURRENT = "CURRENT"
 _MANIFEST = "manifest.json"
 _BUILDING_PREFIX = ".building-"
 _ENCODER = "encoder"
-_TITLE_VECTORS = "title_vectors.npy"
-#: Products written between two progress reports of a rebuild.
-WRITE_CHUNK = 500
+#: The layout of a version's files (`indexer.local_segment`); an older one needs a reindex.
+FORMAT = 3
 
 
 class LocalStore:
@@ -83,8 +81,11 @@ class LocalStore:
 
     circuit_open = False  # nothing remote to stop calling
 
-    def __init__(self, root: Path, *, keep_versions: int = 2) -> None:
+    def __init__(
+        self, root: Path, *, keep_versions: int = 2, exact_below: int = EXACT_BELOW
+    ) -> None:
         self.root = root
+        self._exact_below = exact_below
         self._keep_versions = max(1, keep_versions)
         self._snapshot: Snapshot | None = None
         self._lock = threading.Lock()
@@ -101,7 +102,9 @@ class LocalStore:
             manifest = json.loads((self.root / version / _MANIFEST).read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return False
-        return bool(manifest.get("analyzer") == ANALYZER_VERSION)
+        return bool(
+            manifest.get("analyzer") == ANALYZER_VERSION and manifest.get("format") == FORMAT
+        )
 
     def _current_version(self) -> str | None:
         try:
@@ -133,29 +136,28 @@ class LocalStore:
         folder = self.root / version
         try:
             manifest = json.loads((folder / _MANIFEST).read_text(encoding="utf-8"))
-            with (folder / "products.jsonl").open(encoding="utf-8") as handle:
-                products = [Product.model_validate_json(line) for line in handle]
-            vectors = np.load(folder / "vectors.npy")
-            titles = folder / _TITLE_VECTORS
-            title_vectors = np.load(titles) if titles.is_file() else None
-            lexical = {name: LexicalIndex.load(folder / "bm25" / name) for name in LEXICAL_FIELDS}
+        except (OSError, ValueError) as e:
+            raise StoreError(f"index version {folder} is unreadable: {e}") from e
+        if manifest.get("analyzer") != ANALYZER_VERSION or manifest.get("format") != FORMAT:
+            raise StoreError(
+                f"index version {folder} was written by an older shoprank (analyzer "
+                f"{manifest.get('analyzer')!r}, format {manifest.get('format')!r}; this one "
+                f"writes {ANALYZER_VERSION!r}, format {FORMAT}): run `shoprank reindex`"
+            )
+        try:
+            segment = Segment.open(folder)
         except (OSError, ValueError, KeyError) as e:
             raise StoreError(f"index version {folder} is unreadable: {e}") from e
-        if manifest.get("analyzer") != ANALYZER_VERSION:
+        shapes = {segment.vectors.shape[0], segment.title_vectors.shape[0], len(segment.products)}
+        if shapes != {segment.size}:
             raise StoreError(
-                f"index version {folder} was built with analyzer {manifest.get('analyzer')!r}, "
-                f"this shoprank analyses text with {ANALYZER_VERSION!r}: run `shoprank reindex`"
+                f"index version {folder} is inconsistent: {segment.size} products but "
+                f"{segment.vectors.shape[0]} vectors and {segment.title_vectors.shape[0]} "
+                "title vectors"
             )
-        if len(products) != vectors.shape[0] or (
-            title_vectors is not None and title_vectors.shape != vectors.shape
-        ):
-            raise StoreError(
-                f"index version {folder} is inconsistent: {len(products)} products but "
-                f"{vectors.shape[0]} vectors"
-                + ("" if title_vectors is None else f" and {title_vectors.shape[0]} title vectors")
-            )
-        logger.info("opened index %s (%d products)", folder, len(products))
-        return Snapshot.build(version, manifest, products, vectors, title_vectors, lexical)
+        logger.info("opened index %s (%d products)", folder, segment.size)
+        exact = segment.ann is None or segment.size < self._exact_below
+        return Snapshot(version, manifest, segment, Overlay(), exact=exact)
 
     def _drop_torn_tail(self, version: str) -> None:
         """Cut off what a writer killed mid-append left at the end of the version's log, unless
@@ -178,63 +180,55 @@ class LocalStore:
 
     @property
     def dimension(self) -> int:
-        return int(self._state().vectors.shape[1])
+        return self._state().dimension
 
     @property
     def version(self) -> str:
         return self._state().version
 
     def count(self) -> int:
-        return len(self._state().products)
+        return self._state().count()
 
     def brand_counts(self) -> dict[str, int]:
-        keys, counts = np.unique(self._state().brand_keys, return_counts=True)
-        return {str(key): int(count) for key, count in zip(keys, counts, strict=True)}
+        return self._state().brand_counts()
 
     def encoder_stamp(self) -> EncoderStamp | None:
         return EncoderStamp.from_meta(self._state().manifest.get(_ENCODER))
 
     def get(self, product_id: str) -> Product | None:
-        state = self._state()
-        row = state.rows.get(product_id)
-        return None if row is None else state.products[row]
+        return self._state().get(product_id)
 
     def get_many(self, product_ids: Sequence[str]) -> dict[str, Product]:
         state = self._state()
-        return {pid: state.products[state.rows[pid]] for pid in product_ids if pid in state.rows}
+        found = {pid: state.get(pid) for pid in dict.fromkeys(product_ids)}
+        return {pid: product for pid, product in found.items() if product is not None}
 
     def vectors(self, product_ids: Sequence[str]) -> dict[str, npt.NDArray[np.float32]]:
-        state = self._state()
-        return {
-            pid: state.vectors[state.rows[pid]].copy() for pid in product_ids if pid in state.rows
-        }
+        return self._vectors(product_ids, title=False)
 
     def title_vectors(self, product_ids: Sequence[str]) -> dict[str, npt.NDArray[np.float32]]:
+        return self._vectors(product_ids, title=True)
+
+    def _vectors(self, product_ids: Sequence[str], *, title: bool) -> dict[str, Any]:
         state = self._state()
-        rows = {pid: state.rows[pid] for pid in product_ids if pid in state.rows}
-        return {
-            pid: state.title_vectors[row].copy()
-            for pid, row in rows.items()
-            if state.has_title[row]
-        }
+        found = {pid: state.vector(pid, title=title) for pid in dict.fromkeys(product_ids)}
+        return {pid: vector for pid, vector in found.items() if vector is not None}
 
     def search_bm25(self, text: str, n: int, filters: Filters | None = None) -> list[ScoredId]:
-        state = self._state()
-        return state.top(state.bm25_scores(text), n, state.mask(filters), positive_only=True)
+        return self._state().search_bm25(text, n, filters)
 
     def search_vector(
         self, vector: npt.NDArray[np.float32], n: int, filters: Filters | None = None
     ) -> list[ScoredId]:
         state = self._state()
         self._check_dimension(vector.shape[-1], state)
-        scores = state.vectors @ vector.astype(np.float32, copy=False)
-        return state.top(scores, n, state.mask(filters), positive_only=False)
+        return state.search_vector(vector, n, filters)
 
     def _check_dimension(self, dim: int, state: Snapshot) -> None:
-        if dim != state.vectors.shape[1]:
+        if dim != state.dimension:
             raise DimensionMismatchError(
                 f"vectors have {dim} dimensions, "
-                f"index {self.root.name} holds {state.vectors.shape[1]}-d vectors"
+                f"index {self.root.name} holds {state.dimension}-d vectors"
             )
 
     def close(self) -> None:
@@ -273,8 +267,8 @@ class LocalStore:
 
     def delete(self, product_ids: Sequence[str]) -> int:
         """Remove products; returns how many existed."""
-        rows = self._state(force=True).rows
-        existing = [pid for pid in dict.fromkeys(product_ids) if pid in rows]
+        state = self._state(force=True)
+        existing = [pid for pid in dict.fromkeys(product_ids) if state.get(pid) is not None]
         self._append_log(delete_entries(existing))
         return len(existing)
 
@@ -301,8 +295,9 @@ class LocalStore:
     ) -> str:
         """Write a complete new version, then make it the serving one. Returns its name.
 
-        ``progress`` hears each `WRITE_CHUNK` of products written. A write that fails (a full
-        disk: `StoreError` naming the index and the reason) removes the partial version.
+        ``progress`` hears each `indexer.local_segment.WRITE_CHUNK` of products written. A write
+        that fails (a full disk: `StoreError` naming the index and the reason) removes the
+        partial version.
         """
         check_rebuild(products, vectors, title_vectors)
         with self._writer():
@@ -340,8 +335,8 @@ class LocalStore:
             self._prune()
         return version
 
-    @staticmethod
     def _write_version(
+        self,
         folder: Path,
         version: str,
         products: Sequence[Product],
@@ -350,25 +345,15 @@ class LocalStore:
         metadata: dict[str, Any],
         progress: IndexProgress | None,
     ) -> None:
-        texts: list[dict[str, str]] = []
-        with (folder / "products.jsonl").open("w", encoding="utf-8") as handle:
-            for start in range(0, len(products), WRITE_CHUNK):
-                chunk = products[start : start + WRITE_CHUNK]
-                handle.write("".join(product.model_dump_json() + "\n" for product in chunk))
-                texts.extend(lexical_texts(product) for product in chunk)
-                if progress is not None:
-                    progress.advance(len(chunk))
-        np.save(folder / "vectors.npy", np.ascontiguousarray(vectors, dtype=np.float32))
-        if title_vectors is not None:
-            np.save(folder / _TITLE_VECTORS, np.ascontiguousarray(title_vectors, np.float32))
-        for field in LEXICAL_FIELDS:
-            LexicalIndex.build([t[field] for t in texts]).save(folder / "bm25" / field)
+        write_segment(folder, products, vectors, title_vectors, progress,
+                      exact_below=self._exact_below)
         manifest = {
             **metadata,
             "version": version,
             "count": len(products),
             "dimension": int(vectors.shape[1]),
             "analyzer": ANALYZER_VERSION,
+            "format": FORMAT,
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
         }
         (folder / _MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")

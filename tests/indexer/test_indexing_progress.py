@@ -50,7 +50,7 @@ def test_reindex_reports_phases_in_order_and_chunks_leave_vectors_unchanged(
     catalog = tmp_path / "c.jsonl"
     catalog.write_text("".join(f'{{"id": "p{i}", "title": "item {i}"}}\n' for i in range(5)))
     monkeypatch.setattr(indexing, "PROGRESS_CHUNK", 2)
-    monkeypatch.setattr("indexer.local_store.WRITE_CHUNK", 2)
+    monkeypatch.setattr("indexer.local_segment.WRITE_CHUNK", 2)
     encoder, progress = FakeEncoder(), Recorded()
     store = LocalStore(tmp_path / "idx")
     indexing.reindex_catalog(store, catalog, encoder, progress=progress)  # type: ignore[arg-type]

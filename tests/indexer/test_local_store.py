@@ -60,10 +60,10 @@ def test_failed_rebuild_leaves_serving_index_untouched(
 ) -> None:
     before = store.version
 
-    def broken_build(texts: list[str]) -> None:
+    def broken_write(self: object, folder: Path) -> None:
         raise OSError("disk full")
 
-    monkeypatch.setattr("indexer.local_store.LexicalIndex.build", broken_build)
+    monkeypatch.setattr("indexer.local_segment.PostingsWriter.write", broken_write)
     with pytest.raises(StoreError, match=f"index {store.root}: disk full"):
         store.replace_all(tiny_products[:2], axis_vectors(2))
     reader = LocalStore(store.root)
