@@ -157,15 +157,22 @@ def write_segment(
     *,
     exact_below: int = EXACT_BELOW,
 ) -> None:
-    """Write a version's files (all but the manifest) into ``folder``."""
+    """Write a version's files (all but the manifest) into ``folder``, reading each product
+    once (``products`` may make them as they are asked for)."""
     writers = {field: PostingsWriter() for field in LEXICAL_FIELDS}
-    starts, brands, brand_ids, categories = [0], {"": 0}, [], {}  # type: ignore[var-annotated]
+    starts, ids, prices, out_of_stock = [0], [], [], []
+    brands: dict[str, int] = {"": 0}
+    brand_ids: list[int] = []
+    categories: dict[str, list[int]] = {}
     with (folder / "products.jsonl").open("wb") as handle:
         for begin in range(0, len(products), WRITE_CHUNK):
             for row, product in enumerate(products[begin : begin + WRITE_CHUNK], begin):
                 line = (product.model_dump_json() + "\n").encode("utf-8")
                 handle.write(line)
                 starts.append(starts[-1] + len(line))
+                ids.append(product.id.encode("utf-8"))
+                prices.append(np.nan if product.price is None else product.price)
+                out_of_stock.append(product.in_stock is False)
                 for field, text in lexical_texts(product).items():
                     writers[field].add(text)
                 brand_ids.append(brands.setdefault((product.brand or "").lower(), len(brands)))
@@ -174,10 +181,9 @@ def write_segment(
             if progress is not None:
                 progress.advance(min(WRITE_CHUNK, len(products) - begin))
     np.save(folder / "product_starts.npy", np.asarray(starts, dtype=np.int64))
-    ids = [product.id.encode("utf-8") for product in products]
     ByteStrings.write(ids, folder / "ids.bin", folder / "id_starts.npy")
-    np.save(folder / "id_order.npy", np.asarray(sorted(range(len(ids)), key=ids.__getitem__),
-                                                  dtype=np.int64))
+    order = sorted(range(len(ids)), key=ids.__getitem__)
+    np.save(folder / "id_order.npy", np.asarray(order, dtype=np.int64))
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     titles = np.zeros_like(vectors) if title_vectors is None else title_vectors
     np.save(folder / "vectors.npy", vectors)
@@ -185,9 +191,8 @@ def write_segment(
     np.save(folder / "has_title.npy", np.any(titles, axis=1))
     (folder / "brands.json").write_text(json.dumps(list(brands)), encoding="utf-8")
     np.save(folder / "brand_ids.npy", np.asarray(brand_ids, dtype=np.int32))
-    np.save(folder / "prices.npy", np.array(
-        [np.nan if p.price is None else p.price for p in products], dtype=np.float64))
-    np.save(folder / "out_of_stock.npy", np.array([p.in_stock is False for p in products], bool))
+    np.save(folder / "prices.npy", np.asarray(prices, dtype=np.float64))
+    np.save(folder / "out_of_stock.npy", np.asarray(out_of_stock, dtype=bool))
     keys = list(categories)
     sizes = np.zeros(len(keys) + 1, dtype=np.int64)
     np.cumsum([len(categories[key]) for key in keys], out=sizes[1:])

@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from indexer import local_compaction
 from indexer.analysis import ANALYZER_VERSION
 from indexer.encoder_stamp import EncoderStamp
 from indexer.errors import DimensionMismatchError, IndexNotFoundError, StoreError
@@ -89,6 +90,7 @@ class LocalStore:
         self._keep_versions = max(1, keep_versions)
         self._snapshot: Snapshot | None = None
         self._lock = threading.Lock()
+        self._compacting = threading.Lock()
         self._checked_at = 0.0
 
     # -- reading -------------------------------------------------------------------------
@@ -281,7 +283,20 @@ class LocalStore:
             if version is None:
                 raise IndexNotFoundError(f"no index at {self.root} to update")
             append_entries(self.root / version / UPDATES, entries)
-        self._state(force=True)
+        if local_compaction.changed(self._state(force=True)) >= local_compaction.COMPACT_AT:
+            worker = threading.Thread(target=local_compaction.in_background, args=(self,))
+            worker.daemon = True
+            worker.start()
+
+    def compact(self) -> str | None:
+        """Fold the live changes into a new serving version now (`indexer.local_compaction`);
+        returns its name, or None if a compaction is running or a rebuild swapped in."""
+        if not self._compacting.acquire(blocking=False):
+            return None
+        try:
+            return local_compaction.compact(self)
+        finally:
+            self._compacting.release()
 
     def replace_all(
         self,

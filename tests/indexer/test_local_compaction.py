@@ -1,0 +1,102 @@
+"""Compaction folds live changes into a new version and loses none written meanwhile."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from indexer.local_store import LocalStore
+from indexer.local_update_log import UPDATES
+from indexer.schema import Product
+from tests.conftest import axis_vectors, make_product
+
+
+@pytest.fixture
+def store(tmp_path: Path, tiny_products: list[Product]) -> LocalStore:
+    store = LocalStore(tmp_path / "idx")
+    store.replace_all(tiny_products, axis_vectors(len(tiny_products)),
+                      metadata={"catalog": "tiny.jsonl"})
+    return store
+
+
+def state(store: LocalStore) -> tuple[int, list[str], list[str], dict[str, int]]:
+    return (
+        store.count(),
+        [h.product_id for h in store.search_bm25("espresso coffee", 10)],
+        [h.product_id for h in store.search_vector(axis_vectors(8)[0], 10)],
+        store.brand_counts(),
+    )
+
+
+def test_compaction_serves_the_same_answers_from_a_fresh_version(store: LocalStore) -> None:
+    store.upsert([make_product("p9", "espresso machine", brand="Acme")], axis_vectors(9)[8:])
+    store.delete(["p1"])
+    store.upsert([make_product("p2", "coffee grinder")], axis_vectors(8)[:1])
+    before, version = state(store), store.version
+    new = store.compact()
+    assert new is not None and new != version
+    assert store.version == new and state(store) == before
+    assert not (store.root / new / UPDATES).exists(), "nothing left to replay"
+    reopened = LocalStore(store.root)
+    assert state(reopened) == before and reopened.get("p1") is None
+    manifest = reopened._state().manifest
+    assert manifest["catalog"] == "tiny.jsonl" and manifest["count"] == before[0]
+
+
+def test_changes_written_while_it_compacts_are_carried_into_the_new_version(
+    store: LocalStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store.upsert([make_product("p9", "espresso machine")], axis_vectors(9)[8:])
+    other = LocalStore(store.root)  # another process, writing meanwhile
+    write = LocalStore._write_version
+
+    def slow_write(self: LocalStore, *args: Any, **kwargs: Any) -> None:
+        write(self, *args, **kwargs)
+        other.upsert([make_product("p10", "milk frother")], axis_vectors(8)[1:2])
+        other.delete(["p3"])
+
+    monkeypatch.setattr(LocalStore, "_write_version", slow_write)
+    new = store.compact()
+    monkeypatch.undo()
+    reopened = LocalStore(store.root)
+    assert reopened.version == new
+    assert reopened.get("p10") is not None and reopened.get("p3") is None
+    assert reopened.get("p9") is not None
+    assert (store.root / new / UPDATES).stat().st_size > 0  # the carried lines
+    assert store.get("p10") is not None
+
+
+def test_a_rebuild_during_compaction_wins(
+    store: LocalStore, tiny_products: list[Product], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store.upsert([make_product("p9", "espresso machine")], axis_vectors(9)[8:])
+    rebuilder = LocalStore(store.root)
+    write = LocalStore._write_version
+
+    def write_then_rebuild(self: LocalStore, *args: Any, **kwargs: Any) -> None:
+        write(self, *args, **kwargs)
+        monkeypatch.setattr(LocalStore, "_write_version", write)
+        rebuilder.replace_all(tiny_products[:2], axis_vectors(2))
+
+    monkeypatch.setattr(LocalStore, "_write_version", write_then_rebuild)
+    assert store.compact() is None
+    assert LocalStore(store.root).count() == 2
+    assert not [p for p in store.root.iterdir() if p.name.startswith(".building")]
+
+
+def test_enough_changes_start_a_compaction_in_the_background(
+    store: LocalStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("indexer.local_compaction.COMPACT_AT", 3)
+    version = store.version
+    vectors = np.eye(8, dtype=np.float32)
+    store.upsert([make_product(f"n{i}", f"new thing {i}") for i in range(3)], vectors[:3])
+    deadline = time.monotonic() + 60
+    while store.version == version and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert store.version != version
+    assert store.count() == 9 and store.get("n2") is not None
