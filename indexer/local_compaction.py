@@ -4,30 +4,26 @@ Live changes sit in memory beside a version (`indexer.local_overlay`) and in its
 which every process replays when it opens the version. Both grow with every change, so once
 `COMPACT_AT` products are changed the store that wrote the change starts a thread that writes
 the version's current state as a new version (a new HNSW index included), without holding the
-writer lock: upserts go on meanwhile. Then, under the lock, it copies the log lines written
-since it started into the new version's log and moves ``CURRENT``, as a rebuild does. So no
+writer lock: upserts go on meanwhile. Then it swaps the new version in as a rebuild does
+(`indexer.local_versions.publish`), carrying the log lines written since it started. So no
 acknowledged change is lost, and a process that opens the new version replays only those.
 
-A rebuild that swapped in meanwhile wins: the compaction sees another ``CURRENT`` and drops its
-work. A process killed while compacting leaves a ``.building-`` folder that the next rebuild
+Rebuilds and compactions take turns (a lock file): a compaction is skipped while a rebuild
+runs. A process killed while compacting leaves a ``.building-`` folder that the next rebuild
 removes, like any interrupted rebuild.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import secrets
 from collections.abc import Sequence
-from datetime import UTC, datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, overload
 
 import numpy as np
 
 from indexer.local_disk import fsync_tree, remove_path
 from indexer.local_snapshot import Snapshot
-from indexer.local_update_log import UPDATES, drop_torn_tail
+from indexer.local_versions import BUILDING_PREFIX, new_version_name, prune, publish
 from indexer.schema import Product
 
 if TYPE_CHECKING:
@@ -69,9 +65,9 @@ class LiveProducts(Sequence[Product]):
         return self._snapshot.overlay.products[index - len(self.rows)]
 
 
-def compact(store: LocalStore) -> str | None:
+def compact(store: LocalStore) -> str:
     """Write the serving version with its live changes folded in and serve it; returns the new
-    version's name, or None when another version was swapped in meanwhile."""
+    version's name (the caller holds the rebuild lock)."""
     snapshot = store._state(force=True)
     products = LiveProducts(snapshot)
     base, overlay = snapshot.base, snapshot.overlay
@@ -79,37 +75,20 @@ def compact(store: LocalStore) -> str | None:
     titles = overlay.title_vectors if overlay.title_vectors is not None else extra
     vectors = np.concatenate([base.vectors[products.rows], extra]).astype(np.float32)
     title_vectors = np.concatenate([base.title_vectors[products.rows], titles]).astype(np.float32)
-    version = f"v{datetime.now(UTC).strftime('%Y%m%dT%H%M%S%f')}-{secrets.token_hex(3)}"
-    staging = store.root / f".building-{version}"
+    version = new_version_name()
+    staging = store.root / f"{BUILDING_PREFIX}{version}"
     metadata = {k: v for k, v in snapshot.manifest.items() if k not in _OWN_KEYS}
     try:
-        try:
-            staging.mkdir()
-            store._write_version(staging, version, products, vectors, title_vectors, metadata,
-                                 None)
-            fsync_tree(staging)
-        except FileNotFoundError:
-            if store._current_version() == snapshot.version:
-                raise
-            # a rebuild removed the folder as a leftover, and swapped in: it wins
+        staging.mkdir()
+        store._write_version(staging, version, products, vectors, title_vectors, metadata, None)
+        fsync_tree(staging)
         with store._writer():
-            if store._current_version() != snapshot.version:
-                logger.info("compaction of %s dropped: a rebuild swapped in", snapshot.version)
-                remove_path(staging)
-                return None
-            _carry_log(store.root / snapshot.version / UPDATES, snapshot.log_offset,
-                       staging / UPDATES)
-            staging.rename(store.root / version)
-            pointer = store.root / f"CURRENT.{version}.tmp"
-            pointer.write_text(version + "\n", encoding="utf-8")
-            fsync_tree(pointer)
-            os.replace(pointer, store.root / "CURRENT")
-            fsync_tree(store.root, recursive=False)
-            store._checked_at = 0.0
-            store._prune()
+            publish(store.root, staging, version, (snapshot.version, snapshot.log_offset))
     except BaseException:
         remove_path(staging)
         raise
+    store._checked_at = 0.0
+    prune(store.root, store._keep_versions)
     logger.info("index %s compacted %d changes into version %s", store.root,
                 changed(snapshot), version)
     return version
@@ -122,16 +101,3 @@ def in_background(store: LocalStore) -> None:
         store.compact()
     except Exception:
         logger.exception("compacting %s failed", store.root)
-
-
-def _carry_log(log: Path, offset: int, into: Path) -> None:
-    """Copy the complete batches after byte ``offset`` of ``log`` (the caller holds the lock)."""
-    if not log.exists():
-        return
-    drop_torn_tail(log)
-    with log.open("rb") as handle:
-        handle.seek(offset)
-        tail = handle.read()
-    if tail:
-        into.write_bytes(tail)
-        fsync_tree(into)

@@ -3,7 +3,8 @@
 Layout under ``<home>/indexes/<name>/``::
 
     CURRENT               name of the serving version (replaced atomically)
-    .lock                 serialises writers across processes
+    .lock                 serialises writers of the update log and of CURRENT across processes
+    .rebuild.lock         one rebuild or compaction at a time
     v20261128T070000-ab12/
         manifest.json     written last: a version without it is incomplete; it records
                           the encoder that wrote the vectors and the files' `FORMAT`
@@ -14,6 +15,8 @@ Layout under ``<home>/indexes/<name>/``::
 A rebuild writes a new version beside the serving one and only then moves ``CURRENT``, so a
 failed or killed rebuild leaves the serving index as it was; the next rebuild removes the
 leftovers; a rebuild that fails to write (a full disk) removes its partial version itself.
+Live changes go on while it writes and are carried into the new version
+(`indexer.local_versions`); a compaction (`indexer.local_compaction`) works the same way.
 Live changes are appended to ``updates.jsonl`` (a write-ahead log, fsynced before the call
 returns and replayed on load; `indexer.local_update_log`) and applied in memory at once; other
 processes pick up a new version or new log lines on their next search, at most
@@ -26,9 +29,6 @@ from __future__ import annotations
 import fcntl
 import json
 import logging
-import os
-import secrets
-import shutil
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -57,6 +57,16 @@ from indexer.local_update_log import (
     read_updates,
     upsert_entries,
 )
+from indexer.local_versions import (
+    BUILDING_PREFIX,
+    MANIFEST,
+    current_version,
+    log_end,
+    new_version_name,
+    prune,
+    publish,
+    remove_leftovers,
+)
 from indexer.progress import IndexProgress
 from indexer.schema import Product
 from indexer.store import Filters, ScoredId, check_rebuild, check_vectors
@@ -64,9 +74,8 @@ from indexer.store import Filters, ScoredId, check_rebuild, check_vectors
 logger = logging.getLogger(__name__)
 
 RECHECK_SECONDS = 0.25
-_CURRENT = "CURRENT"
-_MANIFEST = "manifest.json"
-_BUILDING_PREFIX = ".building-"
+_WRITER_LOCK = ".lock"
+_REBUILD_LOCK = ".rebuild.lock"
 _ENCODER = "encoder"
 #: The layout of a version's files (`indexer.local_segment`); an older one needs a reindex.
 FORMAT = 3
@@ -101,7 +110,7 @@ class LocalStore:
         if version is None:
             return False
         try:
-            manifest = json.loads((self.root / version / _MANIFEST).read_text(encoding="utf-8"))
+            manifest = json.loads((self.root / version / MANIFEST).read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return False
         return bool(
@@ -109,10 +118,7 @@ class LocalStore:
         )
 
     def _current_version(self) -> str | None:
-        try:
-            return (self.root / _CURRENT).read_text(encoding="utf-8").strip() or None
-        except FileNotFoundError:
-            return None
+        return current_version(self.root)
 
     def _state(self, *, force: bool = False) -> Snapshot:
         snapshot = self._snapshot
@@ -137,7 +143,7 @@ class LocalStore:
     def _load(self, version: str) -> Snapshot:
         folder = self.root / version
         try:
-            manifest = json.loads((folder / _MANIFEST).read_text(encoding="utf-8"))
+            manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
         except (OSError, ValueError) as e:
             raise StoreError(f"index version {folder} is unreadable: {e}") from e
         if manifest.get("analyzer") != ANALYZER_VERSION or manifest.get("format") != FORMAT:
@@ -242,8 +248,15 @@ class LocalStore:
     def _writer(self, *, wait: bool = True) -> Iterator[bool]:
         """Hold the cross-process writer lock; yields whether it is held (``wait=False``
         yields False at once when another writer has it)."""
+        with self._exclusive(_WRITER_LOCK, wait=wait) as held:
+            yield held
+
+    @contextmanager
+    def _exclusive(self, name: str, *, wait: bool = True) -> Iterator[bool]:
+        """Hold the cross-process lock file ``name`` (the writer's, or the one that keeps
+        rebuilds and compactions one at a time)."""
         self.root.mkdir(parents=True, exist_ok=True)
-        with (self.root / ".lock").open("a") as handle:
+        with (self.root / name).open("a") as handle:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
             except BlockingIOError:
@@ -290,11 +303,12 @@ class LocalStore:
 
     def compact(self) -> str | None:
         """Fold the live changes into a new serving version now (`indexer.local_compaction`);
-        returns its name, or None if a compaction is running or a rebuild swapped in."""
+        returns its name, or None if a rebuild or another compaction is running."""
         if not self._compacting.acquire(blocking=False):
             return None
         try:
-            return local_compaction.compact(self)
+            with self._exclusive(_REBUILD_LOCK, wait=False) as held:
+                return local_compaction.compact(self) if held else None
         finally:
             self._compacting.release()
 
@@ -310,44 +324,42 @@ class LocalStore:
     ) -> str:
         """Write a complete new version, then make it the serving one. Returns its name.
 
+        Live changes go on while it writes, to the serving version, and the ones made after the
+        write began are carried into the new version (`indexer.local_versions.publish`).
         ``progress`` hears each `indexer.local_segment.WRITE_CHUNK` of products written. A write
         that fails (a full disk: `StoreError` naming the index and the reason) removes the
         partial version.
         """
         check_rebuild(products, vectors, title_vectors)
-        with self._writer():
-            self._remove_leftovers()
-            stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")  # sorts by age
-            version = f"v{stamp}-{secrets.token_hex(3)}"
-            staging = self.root / f"{_BUILDING_PREFIX}{version}"
-            pointer = self.root / f"{_CURRENT}.{version}.tmp"
-            manifest = dict(metadata or {})
-            if encoder is not None:
-                manifest[_ENCODER] = encoder.to_meta()
+        manifest = dict(metadata or {})
+        if encoder is not None:
+            manifest[_ENCODER] = encoder.to_meta()
+        with self._exclusive(_REBUILD_LOCK):
+            with self._writer():
+                remove_leftovers(self.root)
+                old = self._current_version()
+                carry = (old, log_end(self.root, old))
+            version = new_version_name()
+            staging = self.root / f"{BUILDING_PREFIX}{version}"
             try:
                 staging.mkdir()
                 self._write_version(
                     staging, version, products, vectors, title_vectors, manifest, progress
                 )
                 fsync_tree(staging)  # on disk before anything points at it
-                staging.rename(self.root / version)
-                pointer.write_text(version + "\n", encoding="utf-8")
-                fsync_tree(pointer)
+                with self._writer():
+                    publish(self.root, staging, version, carry)
             except BaseException as e:
                 failure = (
                     disk_error("write a new version of index", self.root, e)
                     if isinstance(e, OSError) else None
                 )  # before the cleanup frees the space it names
-                for partial in (staging, self.root / version, pointer):
-                    remove_path(partial)
+                remove_path(staging)
                 if failure is not None:
                     raise failure from e
                 raise
-            os.replace(pointer, self.root / _CURRENT)
-            fsync_tree(self.root, recursive=False)
-            logger.info("index %s now serves version %s", self.root, version)
             self._checked_at = 0.0
-            self._prune()
+            prune(self.root, self._keep_versions)
         return version
 
     def _write_version(
@@ -371,28 +383,4 @@ class LocalStore:
             "format": FORMAT,
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
         }
-        (folder / _MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
-
-    def _remove_leftovers(self) -> None:
-        current = self._current_version()
-        for path in self.root.iterdir():
-            incomplete = path.name.startswith(_BUILDING_PREFIX) or (
-                path.is_dir() and path.name != current and not (path / _MANIFEST).is_file()
-            )
-            if incomplete or path.name.endswith(".tmp"):
-                logger.warning("removing leftover of an interrupted rebuild: %s", path)
-                remove_path(path)
-
-    def _prune(self) -> None:
-        current = self._current_version()
-        if current is None:
-            return
-        versions = sorted(p.name for p in self.root.iterdir() if p.name.startswith("v"))
-        # Keep the newest versions that served before the current one; anything newer than
-        # the current one never served (a rebuild killed before its swap) and goes too.
-        older = [name for name in versions if name < current]
-        keep = set(older[-(self._keep_versions - 1) :]) if self._keep_versions > 1 else set()
-        for name in versions:
-            if name != current and name not in keep:
-                shutil.rmtree(self.root / name, ignore_errors=True)
-
+        (folder / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")

@@ -93,7 +93,9 @@ def test_a_reindex_on_a_full_disk_fails_clearly_and_the_old_version_serves(
     reopened = LocalStore(index)
     assert reopened.count() == 20
     assert [h.product_id for h in reopened.search_bm25("women", 10)] == before
-    assert sorted(p.name for p in index.iterdir()) == sorted([".lock", "CURRENT", serving]), (
+    assert sorted(p.name for p in index.iterdir()) == sorted(
+        [".lock", ".rebuild.lock", "CURRENT", serving]
+    ), (
         "the partial version is removed"
     )
     assert os.statvfs(small_home).f_bavail == free, "its space is free again"

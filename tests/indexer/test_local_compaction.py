@@ -70,22 +70,30 @@ def test_changes_written_while_it_compacts_are_carried_into_the_new_version(
     assert store.get("p10") is not None
 
 
-def test_a_rebuild_during_compaction_wins(
+def test_a_rebuild_and_a_compaction_take_turns_and_the_rebuild_keeps_live_changes(
     store: LocalStore, tiny_products: list[Product], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """While a rebuild writes, a compaction is skipped, and upserts go on without waiting:
+    they reach the old version at once and are carried into the new one."""
     store.upsert([make_product("p9", "espresso machine")], axis_vectors(9)[8:])
-    rebuilder = LocalStore(store.root)
+    other = LocalStore(store.root)  # a running server, say
     write = LocalStore._write_version
+    seen: list[object] = []
 
-    def write_then_rebuild(self: LocalStore, *args: Any, **kwargs: Any) -> None:
+    def write_while_serving(self: LocalStore, *args: Any, **kwargs: Any) -> None:
         write(self, *args, **kwargs)
-        monkeypatch.setattr(LocalStore, "_write_version", write)
-        rebuilder.replace_all(tiny_products[:2], axis_vectors(2))
+        seen.append(other.compact())
+        other.upsert([make_product("p10", "milk frother")], axis_vectors(8)[1:2])
+        seen.append(other.get("p10"))
 
-    monkeypatch.setattr(LocalStore, "_write_version", write_then_rebuild)
-    assert store.compact() is None
-    assert LocalStore(store.root).count() == 2
-    assert not [p for p in store.root.iterdir() if p.name.startswith(".building")]
+    monkeypatch.setattr(LocalStore, "_write_version", write_while_serving)
+    store.replace_all(tiny_products[:2], axis_vectors(2))
+    monkeypatch.undo()
+    assert seen[0] is None, "no compaction while a rebuild runs"
+    assert seen[1] is not None, "the upsert did not wait for the rebuild"
+    reopened = LocalStore(store.root)
+    assert reopened.count() == 3 and reopened.get("p10") is not None
+    assert reopened.get("p9") is None, "changes before the rebuild began belong to the old one"
 
 
 def test_enough_changes_start_a_compaction_in_the_background(
