@@ -14,6 +14,7 @@ never touch it: deleted and replaced rows are left out by the same bitmap as the
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,8 +27,13 @@ import numpy.typing as npt
 CONNECTIVITY = 32
 #: Candidates kept while inserting (``efConstruction``).
 EXPANSION_ADD = 64
-#: The least candidates kept while searching (``efSearch``); a search keeps at least 2 x k.
+#: The least candidates kept while searching (``efSearch``); a search keeps at least 2 x k,
+#: divided by the share of rows a filter allows: the walk stops as if nothing were filtered, so
+#: it needs that many more to return k (`bench/ann-libraries-2026-12-07.md`: with 10% allowed,
+#: efSearch 128 returned 64 of 100 on average; 1,280 returned 100, recall 0.98).
 EXPANSION_SEARCH = 128
+#: Above this efSearch a filtered search costs more than scoring the allowed rows exactly.
+MAX_EXPANSION = 4096
 #: Vectors sampled to fit the quantiser's per-dimension range.
 TRAINING_SAMPLE = 100_000
 #: Rows added per call while building, so a build never copies the whole matrix at once.
@@ -65,18 +71,25 @@ class AnnIndex:
     def open(cls, path: Path) -> AnnIndex:
         return cls(faiss.read_index(str(path), faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY))
 
+    @staticmethod
+    def expansion(k: int, allowed_share: float) -> int:
+        """The efSearch a search for ``k`` needs when a filter allows that share of the rows."""
+        return math.ceil(max(EXPANSION_SEARCH, 2 * k) / max(allowed_share, 1e-9))
+
     def search(
         self,
         vector: npt.NDArray[np.float32],
         k: int,
         allowed: npt.NDArray[np.bool_] | None = None,
+        allowed_share: float = 1.0,
     ) -> npt.NDArray[np.int64]:
-        """Up to ``k`` rows nearest to ``vector``, among the ``allowed`` rows when given."""
+        """Up to ``k`` rows nearest to ``vector``, among the ``allowed`` rows when given (that
+        share of all rows)."""
         k = min(k, self.size)
         if k <= 0:
             return np.zeros(0, dtype=np.int64)
         params = faiss.SearchParametersHNSW()  # type: ignore[attr-defined]  # not in the stubs
-        params.efSearch = max(EXPANSION_SEARCH, 2 * k)
+        params.efSearch = self.expansion(k, allowed_share)
         bits = None
         if allowed is not None:
             bits = np.packbits(allowed, bitorder="little")

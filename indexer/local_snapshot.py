@@ -18,6 +18,7 @@ import numpy as np
 import numpy.typing as npt
 
 from indexer.analysis import analyze
+from indexer.ann import MAX_EXPANSION
 from indexer.lexical import K1
 from indexer.local_overlay import Overlay, Upsert
 from indexer.local_segment import FILTERED_EXACT_BELOW, Segment
@@ -118,8 +119,14 @@ class Snapshot:
     ) -> list[ScoredId]:
         base = self.base
         available = base.size if allowed is None else int(allowed.sum())
-        if base.ann is not None and not self.exact and available > FILTERED_EXACT_BELOW:
-            rows = np.sort(base.ann.search(query, 2 * n, allowed))  # in disk order
+        share = available / max(base.size, 1)
+        if (
+            base.ann is not None
+            and not self.exact
+            and available > FILTERED_EXACT_BELOW
+            and base.ann.expansion(2 * n, share) <= MAX_EXPANSION
+        ):
+            rows = np.sort(base.ann.search(query, 2 * n, allowed, share))  # in disk order
             if len(rows) >= min(n, available):  # else the graph walk ran dry: search exactly
                 return self._hits(rows, base.vectors[rows] @ query, n)
         if allowed is None:

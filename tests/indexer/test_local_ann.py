@@ -85,9 +85,11 @@ def test_a_filter_inside_the_index_returns_k_when_k_match(
     stores: tuple[LocalStore, LocalStore], monkeypatch: pytest.MonkeyPatch, exact_below: int
 ) -> None:
     """15 products of one brand among 3,000: a post-filtered top 100 would miss most. Below
-    `FILTERED_EXACT_BELOW` matching rows the store searches them exactly; above it the graph
-    walk skips the others, and still returns k."""
+    `FILTERED_EXACT_BELOW` matching rows (or where the graph walk would need more than
+    `MAX_EXPANSION` candidates) the store searches them exactly; otherwise the walk skips the
+    others, keeping more candidates the fewer are allowed, and still returns k."""
     monkeypatch.setattr("indexer.local_snapshot.FILTERED_EXACT_BELOW", exact_below)
+    monkeypatch.setattr("indexer.local_snapshot.MAX_EXPANSION", 10**9 if not exact_below else 0)
     ann, exact = stores
     filters = Filters(brand="brand7", price_max=50)
     query = unit_rows(1, seed=2)[0]
