@@ -22,6 +22,7 @@ import importlib
 import json
 import math
 import os
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -476,7 +477,7 @@ def main() -> None:
     queries = perturb(real[rng.choice(len(real), QUERIES, replace=False)], args.sigma, rng)
     extra = perturb(real[rng.choice(len(real), ADDS)], args.sigma, rng)
     sections = [f"# HNSW libraries for the embedded store, {time.strftime('%Y-%m-%d')}\n",
-                f"Command: `python3 -m {' '.join(['bench.ann_libraries', *sys.argv[1:]])}`\n",
+                f"Command: `python3 -m {shlex.join(['bench.ann_libraries', *sys.argv[1:]])}`\n",
                 f"Machine: {cpu_model()}, {os.cpu_count()} cores, shared with other work; CPU "
                 f"only. {len(real):,} real vectors ({' + '.join(SOURCES)}), repeated with "
                 f"Gaussian noise sigma {args.sigma} per dimension (mean cosine of a copy to its "
