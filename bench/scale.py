@@ -79,6 +79,18 @@ def opensearch_reachable() -> str | None:
     return None
 
 
+def opensearch_note() -> str:
+    s = IndexerSettings()
+    return (f"OpenSearch: one node at {s.opensearch_url} (`scripts/opensearch`), engine "
+            f"{s.opensearch_engine}, HNSW m {s.opensearch_hnsw_m}, ef_construction "
+            f"{s.opensearch_ef_construction}, ef_search {s.opensearch_ef_search}, "
+            f"{s.opensearch_shards} shard(s), {s.opensearch_replicas} replica(s). Its RSS is "
+            "the node's JVM (heap included; each row's heap in the JSON), its disk the "
+            "index's primary store size, and its open time a fresh client's first count and "
+            "search (the node itself already runs). Upserts return after the store's "
+            "refresh.")
+
+
 def drop_opensearch(location: str) -> None:
     from indexer.opensearch_store import OpenSearchStore
 
@@ -191,7 +203,15 @@ def markdown(rows: list[dict[str, Any]], notes: list[str], meta: dict[str, Any])
                 f"{_pair(r['delete']['call_ms'])} | {r['load_avg'][0]:.1f} | "
                 f"{r['run_s']:.0f} |"
             )
-        lines.append("")
+        stages = "; ".join(
+            f"{r['size']:,}: retrieve {r['hybrid_final_stage_p50_ms']['retrieve']:.1f}, final "
+            f"{r['hybrid_final_stage_p50_ms']['final']:.1f}"
+            for r in rows if r["store"] == store and "hybrid_final_stage_p50_ms" in r
+        )
+        lines += ["", f"Hybrid + final, p50 of the pipeline's own stage timings (ms): {stages}."
+                  " Build s is the store's replace_all, which includes making the synthetic "
+                  "products (made as the store reads them; their vectors are made beforehand"
+                  " and not counted); run s is the whole row.", ""]
     lines += ["## Notes", ""] + [f"- {note}" for note in notes] + [""]
     return "\n".join(lines)
 
@@ -283,6 +303,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     if "opensearch" in stores and (why := opensearch_reachable()) is not None:
         notes.append(f"OpenSearch skipped: {why}")
         stores.remove("opensearch")
+    if "opensearch" in stores:
+        notes.append(opensearch_note())
     rows: list[dict[str, Any]] = []
     for size in sizes:
         folder = args.work / f"n{size}"
