@@ -174,7 +174,9 @@ def markdown(rows: list[dict[str, Any]], notes: list[str], meta: dict[str, Any])
         "and answers one vector search. RSS = "
         "VmRSS of that serving process after all queries (for OpenSearch: the node's JVM, "
         "heap included). Recall@100 = overlap of the store's top 100 with the exact top 100 "
-        "by brute force over the same vectors (filtered: with the same filter).",
+        "by brute force over the same vectors (filtered: with the same filter); a store "
+        "that takes `exact_below` is also compared with a second store over the same folder "
+        "that searches exactly (`recall_at_100_vs_exact_store` in the JSON).",
         f"- Writes: {meta['upserts']} single-product upserts and deletes, one call each, and "
         f"one {meta['batch']}-product batch of each; visible = seconds from the call's return"
         " until a vector search in the same process / in another process over the same "

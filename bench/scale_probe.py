@@ -192,6 +192,8 @@ def serve(args: argparse.Namespace) -> dict[str, Any]:
         result.update(_opensearch_node(store))
     result.update(_recall(work, hits, filtered, with_filter))
     result["approximate"] = args.store == "opensearch" or exact_supported()
+    if args.store == "local" and exact_supported():
+        result["recall_at_100_vs_exact_store"] = _recall_vs_exact_store(args, queries, hits)
     result.update(_writes(args, store))
     store.close()
     return result
@@ -245,6 +247,19 @@ def _recall(work: Path, hits: list[list[str]], filtered: list[list[str]],
         "recall_at_100_min": float(np.min(recall)),
         "filtered_recall_at_100": float(np.mean(filtered_recall)) if filtered_recall else None,
     }
+
+
+def _recall_vs_exact_store(args: argparse.Namespace, queries: QuerySet,
+                           hits: list[list[str]]) -> float:
+    """Recall@100 against a second store over the same folder that searches exactly (the
+    brute force above reads the vectors as written; this reads them as the store keeps them)."""
+    exact = open_store(args.store, args.location, exact=True)
+    recall = []
+    for q, found in enumerate(hits):
+        want = {h.product_id for h in exact.search_vector(queries.vectors[q], 100)}
+        recall.append(len(set(found) & want) / max(1, len(want)))
+    exact.close()
+    return float(np.mean(recall))
 
 
 def _opensearch_node(store: VectorStore) -> dict[str, Any]:
