@@ -320,6 +320,33 @@ def _visible_here(store: VectorStore, product_id: str, vector: np.ndarray, prese
     return None
 
 
+class WriteTimes:
+    """Per write: the call's milliseconds, and the seconds until this process and another
+    one see the change, counted from the call's return and (the other process) its start."""
+
+    def __init__(self) -> None:
+        self.calls: list[float] = []
+        self.here: list[float | None] = []
+        self.other: list[float | None] = []
+        self.other_from_start: list[float | None] = []
+
+    def summary(self) -> dict[str, Any]:
+        return {"call_ms": _summary(self.calls), "visible_here_s_max": _worst(self.here),
+                "visible_other_s_p50": _p50(self.other),
+                "visible_other_s_max": _worst(self.other),
+                "visible_other_from_start_s_p50": _p50(self.other_from_start),
+                "visible_other_from_start_s_max": _worst(self.other_from_start)}
+
+
+def _worst(values: list[float | None]) -> float | None:
+    return None if any(v is None for v in values) else max(v for v in values if v is not None)
+
+
+def _p50(values: list[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return percentile(known, 50) if known and len(known) == len(values) else None
+
+
 def _writes(args: argparse.Namespace, store: VectorStore) -> dict[str, Any]:
     """Single upserts, a batch, single deletes and a batch delete, each with the time until
     this process and another one see it."""
@@ -333,51 +360,33 @@ def _writes(args: argparse.Namespace, store: VectorStore) -> dict[str, Any]:
     vectors = perturb(source.vectors[src], PRODUCT_NOISE, rng)
     titles = perturb(source.title_vectors[src], PRODUCT_NOISE, rng)
     watcher = Watcher(args)
-    calls, here, there = [], [], []
 
-    def write(call: Any, k: int, present: bool) -> None:
+    def write(times: WriteTimes, call: Any, k: int, present: bool) -> None:
         watcher.start(products[k].id, vectors[k], present=present)
         started = time.monotonic()
         call()
         returned = time.monotonic()
-        calls.append((returned - started) * 1000)
-        here.append(_visible_here(store, products[k].id, vectors[k], present))
+        times.calls.append((returned - started) * 1000)
+        times.here.append(_visible_here(store, products[k].id, vectors[k], present))
         seen = watcher.seen_at()
-        there.append(None if seen is None else max(0.0, seen - returned))
+        times.other.append(None if seen is None else max(0.0, seen - returned))
+        times.other_from_start.append(None if seen is None else seen - started)
 
-    singles = range(args.upserts)
-    for k in singles:
-        write(lambda k=k: store.upsert([products[k]], vectors[k : k + 1], titles[k : k + 1]),
-              k, True)
-    out: dict[str, Any] = {"upsert": _writes_summary(calls, here, there), "watch_open_s":
-                           watcher.open_s}
-    calls, here, there = [], [], []
-    last = args.upserts + args.batch - 1
+    singles, last = range(args.upserts), args.upserts + args.batch - 1
     batch = slice(args.upserts, last + 1)
-    write(lambda: store.upsert(products[batch], vectors[batch], titles[batch]), last, True)
-    out["upsert_batch"] = _writes_summary(calls, here, there) | {"size": args.batch}
-    calls, here, there = [], [], []
+    upserts, batch_upsert, deletes, batch_delete = (WriteTimes() for _ in range(4))
     for k in singles:
-        write(lambda k=k: store.delete([products[k].id]), k, False)
-    out["delete"] = _writes_summary(calls, here, there)
-    calls, here, there = [], [], []
-    write(lambda: store.delete([p.id for p in products[batch]]), last, False)
-    out["delete_batch"] = _writes_summary(calls, here, there) | {"size": args.batch}
+        write(upserts, lambda k=k: store.upsert([products[k]], vectors[k : k + 1],
+                                                titles[k : k + 1]), k, True)
+    write(batch_upsert, lambda: store.upsert(products[batch], vectors[batch], titles[batch]),
+          last, True)
+    for k in singles:
+        write(deletes, lambda k=k: store.delete([products[k].id]), k, False)
+    write(batch_delete, lambda: store.delete([p.id for p in products[batch]]), last, False)
     watcher.close()
-    return out
-
-
-def _writes_summary(calls: list[float], here: list[float | None],
-                    there: list[float | None]) -> dict[str, Any]:
-    def worst(values: list[float | None]) -> float | None:
-        return None if any(v is None for v in values) else max(v for v in values if v is not None)
-
-    def p50(values: list[float | None]) -> float | None:
-        known = [v for v in values if v is not None]
-        return percentile(known, 50) if known and len(known) == len(values) else None
-
-    return {"call_ms": _summary(calls), "visible_here_s_max": worst(here),
-            "visible_other_s_p50": p50(there), "visible_other_s_max": worst(there)}
+    return {"upsert": upserts.summary(), "upsert_batch": batch_upsert.summary(),
+            "delete": deletes.summary(), "delete_batch": batch_delete.summary(),
+            "batch_size": args.batch, "watch_open_s": watcher.open_s}
 
 
 def watch(args: argparse.Namespace) -> None:
