@@ -148,6 +148,13 @@ def _num(value: Any, fmt: str = "{:.2f}") -> str:
     return "-" if value is None else fmt.format(value)
 
 
+def _split(row: dict[str, Any]) -> str:
+    """The anonymous / file-mapped parts of a local serving process's RSS."""
+    if row.get("node_rss_mb") or row.get("rss_anon_mb") is None:
+        return ""
+    return f" ({row['rss_anon_mb']:,.0f} own + {row['rss_file_mb']:,.0f} mapped)"
+
+
 def markdown(rows: list[dict[str, Any]], notes: list[str], meta: dict[str, Any]) -> str:
     lines = [
         f"# Scale benchmark, {meta['date']}",
@@ -173,7 +180,9 @@ def markdown(rows: list[dict[str, Any]], notes: list[str], meta: dict[str, Any])
         "after 10 warm-up queries. Open = a fresh process constructs the store, counts it "
         "and answers one vector search. RSS = "
         "VmRSS of that serving process after all queries (for OpenSearch: the node's JVM, "
-        "heap included). Recall@100 = overlap of the store's top 100 with the exact top 100 "
+        "heap included); for the local store split into the process's own (anonymous) memory "
+        "and the pages of memory-mapped index files it touched, which the kernel can drop and "
+        "read again. Recall@100 = overlap of the store's top 100 with the exact top 100 "
         "by brute force over the same vectors (filtered: with the same filter); a store "
         "that takes `exact_below` is also compared with a second store over the same folder "
         "that searches exactly (`recall_at_100_vs_exact_store` in the JSON).",
@@ -198,7 +207,7 @@ def markdown(rows: list[dict[str, Any]], notes: list[str], meta: dict[str, Any])
             lines.append(
                 f"| {r['size']:,} | {r['build_s']:.1f} | {r['disk_bytes'] / 2**20:,.0f} | "
                 f"{r['open_s']:.2f} | {_num(r.get('node_rss_mb') or r['rss_mb'], '{:,.0f}')}"
-                f" | {_pair(r['vector_ms'])} | {_pair(r['filtered_vector_ms'])} | "
+                f"{_split(r)} | {_pair(r['vector_ms'])} | {_pair(r['filtered_vector_ms'])} | "
                 f"{_pair(r['bm25_ms'])} | {_pair(r['hybrid_final_ms'])} | "
                 f"{r['recall_at_100']:.3f} ({_num(r['filtered_recall_at_100'], '{:.3f}')})"
                 f" | {_pair(up['call_ms'])} | {_num(up['visible_here_s_max'], '{:.3f}')} | "

@@ -62,6 +62,17 @@ def rss_mb(pid: int | str = "self") -> tuple[float, float]:
     return fields.get("VmRSS", float("nan")), fields.get("VmHWM", float("nan"))
 
 
+def rss_split_mb() -> tuple[float, float]:
+    """This process's resident memory in MB: anonymous (its own), and file-backed (pages of
+    memory-mapped files, which the kernel can drop and read again)."""
+    fields = {}
+    for line in Path("/proc/self/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("RssAnon", "RssFile"):
+            fields[key] = int(value.split()[0]) / 1024
+    return fields.get("RssAnon", float("nan")), fields.get("RssFile", float("nan"))
+
+
 def exact_supported() -> bool:
     """Whether this LocalStore takes ``exact_below`` (an approximate index); today's is exact."""
     return "exact_below" in inspect.signature(LocalStore.__init__).parameters
@@ -188,6 +199,7 @@ def serve(args: argparse.Namespace) -> dict[str, Any]:
     result["hybrid_final_ms"] = _summary(hybrid)
     result["hybrid_final_stage_p50_ms"] = stages
     result["rss_mb"], result["rss_peak_mb"] = rss_mb()
+    result["rss_anon_mb"], result["rss_file_mb"] = rss_split_mb()
     if args.store == "opensearch":
         result.update(_opensearch_node(store))
     result.update(_recall(work, hits, filtered, with_filter))
