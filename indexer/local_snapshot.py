@@ -132,6 +132,8 @@ class Snapshot:
         if allowed is None:
             return self._hits(None, base.vectors @ query, n)
         rows = np.flatnonzero(allowed)
+        if not self.exact:  # shortlist from the 8-bit codes, then score exactly
+            rows = base.scan(query, rows, 2 * n)
         return self._hits(rows, base.vectors[rows] @ query, n)
 
     def search_bm25(self, text: str, n: int, filters: Filters | None) -> list[ScoredId]:

@@ -124,3 +124,18 @@ def test_live_changes_reach_the_indexed_version_without_a_rebuild(
     reopened = LocalStore(ann.root, exact_below=100)  # another process replays the log
     assert ids(reopened.search_vector(query, 1)) == ["p00043"]
     assert reopened.get("p00042") is None and reopened.count() == SIZE
+
+
+def test_a_filtered_scan_shortlists_from_8_bit_codes_and_scores_exactly(
+    stores: tuple[LocalStore, LocalStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Half the catalog allowed, scanned row by row: the 8-bit codes pick 2 x k candidates,
+    the float32 vectors order them, and the answer is the exact one."""
+    monkeypatch.setattr("indexer.local_snapshot.FILTERED_EXACT_BELOW", 10**9)
+    ann, exact = stores
+    filters = Filters(price_max=49)
+    for query in unit_rows(20, seed=3):
+        found = ann.search_vector(query, 10, filters)
+        truth = exact.search_vector(query, 10, filters)
+        assert ids(found) == ids(truth)
+        assert [h.score for h in found] == pytest.approx([h.score for h in truth], abs=1e-6)
