@@ -286,6 +286,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--max-opensearch", type=int, default=None, metavar="N",
                         help="run OpenSearch only up to N products (a 1 GB-heap node "
                              "took 184 s for 100k on two shared cores)")
+    parser.add_argument("--include", type=Path, metavar="JSON",
+                        help="add another run's rows of a store not run here (its JSON "
+                             "report) to the tables and the plot, named in the notes")
     parser.add_argument("--force", action="store_true",
                         help=f"run today's exact LocalStore above {LEGACY_LOCAL_LIMIT:,}")
     args = parser.parse_args(argv)
@@ -344,6 +347,15 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             rows.append(run_size(size, store, folder, args) | prepared)
         if not args.keep:
             shutil.rmtree(folder, ignore_errors=True)
+    if args.include is not None:
+        other = json.loads(args.include.read_text(encoding="utf-8"))
+        added = [row for row in other["rows"] if row["store"] not in stores]
+        rows += added
+        meta_other = other["meta"]
+        notes.append(f"The {', '.join(sorted({r['store'] for r in added}))} rows come from "
+                     f"`{args.include.name}` ({meta_other['date']}, `{meta_other['command']}`, "
+                     f"load average {meta_other['load_start'][0]:.1f} at its start): the same "
+                     "synthetic catalog and queries, that store's code unchanged since.")
     if args.plot is not None and rows and (skipped := plot(rows, args.plot)) is not None:
         notes.append(skipped)
     args.out.write_text(markdown(rows, notes, meta), encoding="utf-8")
