@@ -28,7 +28,7 @@ CONNECTIVITY = 32
 #: Candidates kept while inserting (``efConstruction``). At 64, clusters of near-duplicate
 #: products (a catalog's variants) were left poorly linked: on the scale benchmark's million
 #: products, 14 of 256 queries found under half their true neighbours (recall@100 0.93); at 160
-#: none did (0.998), for about a third more build time (`bench/ann-construction-2026-12-07.md`).
+#: none did (0.998), for 1.8x the build time (`bench/ann-construction-2026-12-07.md`).
 EXPANSION_ADD = 160
 #: The least candidates kept while searching (``efSearch``); a search keeps at least 2 x k,
 #: divided by the share of rows a filter allows: the walk stops as if nothing were filtered, so
