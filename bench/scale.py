@@ -61,11 +61,30 @@ def child(role: str, store: str, location: str, work: Path, args: argparse.Names
                "--location", location, "--work", str(work), "--source", str(args.source),
                "--seed", str(args.seed), "--upserts", str(args.upserts),
                "--batch", str(args.batch)]
+    group = None
+    if role == "serve" and store == "local" and args.memory_limit_gb:
+        command, group = capped(command, args.memory_limit_gb)
     done = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=False)
+    if group is not None:
+        group.rmdir()
     if done.returncode != 0:
         raise RuntimeError(f"{role} {store} {location} exited {done.returncode}")
     result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     return result
+
+
+def capped(command: list[str], gigabytes: float) -> tuple[list[str], Path]:
+    """``command`` run in a memory cgroup of that size (page cache included), started with the
+    kernel's page cache dropped, so the index is read from disk as on a fresh start (root)."""
+    subprocess.run(["sync"], check=True)
+    Path("/proc/sys/vm/drop_caches").write_text("3\n")
+    v1 = Path("/sys/fs/cgroup/memory")
+    group = (v1 if v1.is_dir() else Path("/sys/fs/cgroup")) / f"shoprank-scale-{os.getpid()}"
+    group.mkdir(exist_ok=True)
+    limit = str(int(gigabytes * 2**30))
+    (group / ("memory.limit_in_bytes" if v1.is_dir() else "memory.max")).write_text(limit)
+    join = f'echo $$ > {group}/cgroup.procs && exec "$@"'
+    return ["sh", "-c", join, "sh", *command], group
 
 
 def opensearch_reachable() -> str | None:
@@ -163,6 +182,10 @@ def markdown(rows: list[dict[str, Any]], notes: list[str], meta: dict[str, Any])
         f"- Machine: {meta['machine']}; load average at the start "
         f"{meta['load_start'][0]:.2f} / {meta['load_start'][1]:.2f} / "
         f"{meta['load_start'][2]:.2f} (1 / 5 / 15 min), each row's 1-minute load in its table.",
+        *([f"- **Memory capped:** each local serving process ran in a memory cgroup of "
+           f"{meta['memory_limit_gb']:g} GiB (page cache included), started after the kernel's "
+           "page cache was dropped, so it opened and searched the index from disk within that "
+           "memory."] if meta.get("memory_limit_gb") else []),
         f"- Source: {meta['source']} ({meta['source_count']:,} real products with their "
         f"vectors and title vectors). Synthetic product i copies source product i % "
         f"{meta['source_count']:,} with a new id, a perturbed title (a word dropped, two "
@@ -286,6 +309,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--max-opensearch", type=int, default=None, metavar="N",
                         help="run OpenSearch only up to N products (a 1 GB-heap node "
                              "took 184 s for 100k on two shared cores)")
+    parser.add_argument("--memory-limit-gb", type=float, metavar="GB",
+                        help="serve the local store in a memory cgroup of this size, page "
+                             "cache included, after dropping the page cache (needs root)")
     parser.add_argument("--include", type=Path, metavar="JSON",
                         help="add another run's rows of a store not run here (its JSON "
                              "report) to the tables and the plot, named in the notes")
@@ -313,7 +339,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         "machine": f"{cpu_model()}, {os.cpu_count()} cores, "
                    f"{os.sysconf('SC_PHYS_PAGES') * os.sysconf('SC_PAGE_SIZE') / 2**30:.0f} GiB",
         "load_start": os.getloadavg(), "queries": args.queries, "upserts": args.upserts,
-        "batch": args.batch,
+        "batch": args.batch, "memory_limit_gb": args.memory_limit_gb,
     }
     source = Source.load(args.source)
     meta |= {"source": source.name, "source_count": len(source)}

@@ -73,6 +73,19 @@ def rss_split_mb() -> tuple[float, float]:
     return fields.get("RssAnon", float("nan")), fields.get("RssFile", float("nan"))
 
 
+def rss_by_file_mb(top: int = 8) -> dict[str, float]:
+    """Resident MB per memory-mapped file of this process (the largest ``top``)."""
+    sizes: dict[str, float] = {}
+    name = ""
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        parts = line.split()
+        if parts and "-" in parts[0] and len(parts) >= 5 and ":" not in parts[0]:
+            name = parts[5] if len(parts) > 5 else ""
+        elif parts and parts[0] == "Rss:" and name.startswith("/"):
+            sizes[Path(name).name] = sizes.get(Path(name).name, 0.0) + int(parts[1]) / 1024
+    return dict(sorted(sizes.items(), key=lambda item: -item[1])[:top])
+
+
 def exact_supported() -> bool:
     """Whether this LocalStore takes ``exact_below`` (an approximate index); today's is exact."""
     return "exact_below" in inspect.signature(LocalStore.__init__).parameters
@@ -200,6 +213,7 @@ def serve(args: argparse.Namespace) -> dict[str, Any]:
     result["hybrid_final_stage_p50_ms"] = stages
     result["rss_mb"], result["rss_peak_mb"] = rss_mb()
     result["rss_anon_mb"], result["rss_file_mb"] = rss_split_mb()
+    result["rss_by_file_mb"] = rss_by_file_mb()
     if args.store == "opensearch":
         result.update(_opensearch_node(store))
     result.update(_recall(work, hits, filtered, with_filter))

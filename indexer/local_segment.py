@@ -31,7 +31,7 @@ import numpy as np
 import numpy.typing as npt
 
 from indexer.ann import AnnIndex
-from indexer.postings import ByteStrings, Postings, PostingsWriter
+from indexer.postings import ByteStrings, Postings, PostingsWriter, read_scattered
 from indexer.progress import IndexProgress
 from indexer.schema import LEXICAL_FIELDS, Product, lexical_texts
 from indexer.store import Filters
@@ -126,18 +126,20 @@ class Segment:
 
     @classmethod
     def open(cls, folder: Path) -> Segment:
-        def array(name: str) -> Any:
-            return np.load(folder / name, mmap_mode="r")
+        def array(name: str, *, scattered: bool = False) -> Any:
+            mapped = np.load(folder / name, mmap_mode="r")
+            return read_scattered(mapped) if scattered else mapped
 
         brands = json.loads((folder / "brands.json").read_text(encoding="utf-8"))
         categories = json.loads((folder / "categories.json").read_text(encoding="utf-8"))
         ann = folder / ANN_FILE
         return cls(
-            products=ByteStrings.open(folder / "products.jsonl", folder / "product_starts.npy"),
+            products=ByteStrings.open(folder / "products.jsonl", folder / "product_starts.npy",
+                                      scattered=True),
             ids=ByteStrings.open(folder / "ids.bin", folder / "id_starts.npy"),
             id_order=array("id_order.npy"),
-            vectors=array("vectors.npy"),
-            title_vectors=array("title_vectors.npy"),
+            vectors=array("vectors.npy", scattered=True),
+            title_vectors=array("title_vectors.npy", scattered=True),
             has_title=array("has_title.npy"),
             brands=brands,
             brand_numbers={brand: number for number, brand in enumerate(brands)},
@@ -149,7 +151,7 @@ class Segment:
             category_rows=array("category_rows.npy"),
             postings={field: Postings.open(folder / "bm25" / field) for field in LEXICAL_FIELDS},
             ann=AnnIndex.open(ann) if ann.is_file() else None,
-            codes=array("codes.npy") if ann.is_file() else None,
+            codes=array("codes.npy", scattered=True) if ann.is_file() else None,
             code_scale=array("code_scale.npy") if ann.is_file() else None,
         )
 

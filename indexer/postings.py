@@ -19,10 +19,12 @@ from __future__ import annotations
 import bisect
 import json
 import math
+import mmap
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -56,12 +58,23 @@ class ByteStrings(Sequence[bytes]):
         np.save(starts, offsets)
 
     @classmethod
-    def open(cls, blob: Path, starts: Path) -> ByteStrings:
+    def open(cls, blob: Path, starts: Path, *, scattered: bool = False) -> ByteStrings:
+        """Map the files; ``scattered`` says the strings are read one here, one there."""
         offsets = np.load(starts, mmap_mode="r")
         data: bytes | np.memmap = (
             np.memmap(blob, dtype=np.uint8, mode="r") if blob.stat().st_size else b""
         )
-        return cls(data, offsets)
+        return cls(read_scattered(data) if scattered else data, offsets)
+
+
+def read_scattered(mapped: Any) -> Any:
+    """Tell the kernel a mapped file is read a row here and a row there, so a page fault
+    reads that page and not the next 32 too: without it, rescoring a few hundred rows per
+    search pulled in nearly all of a million products' vectors (1.4 GB) within 256 searches."""
+    handle = getattr(mapped, "_mmap", None)
+    if handle is not None and hasattr(mmap, "MADV_RANDOM"):
+        handle.madvise(mmap.MADV_RANDOM)
+    return mapped
 
 
 @dataclass(frozen=True)
