@@ -15,14 +15,15 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, overload
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
+from indexer.local_compaction import LazyProducts
 from indexer.schema import Product
 
 #: Noise per dimension of a product copy's vector (384-d: cosine to its source about 0.96).
@@ -164,7 +165,7 @@ def synthetic_product(source: Source, plan: Plan, i: int, *, id_: str | None = N
     return Product.model_validate(record)
 
 
-class SyntheticProducts(Sequence[Product]):
+class SyntheticProducts(LazyProducts):
     """The synthetic catalog as a lazy sequence: each product is made when it is read."""
 
     def __init__(self, source: Source, plan: Plan) -> None:
@@ -174,19 +175,7 @@ class SyntheticProducts(Sequence[Product]):
     def __len__(self) -> int:
         return len(self.plan)
 
-    @overload
-    def __getitem__(self, index: int) -> Product: ...
-
-    @overload
-    def __getitem__(self, index: slice) -> Sequence[Product]: ...
-
-    def __getitem__(self, index: int | slice) -> Product | Sequence[Product]:
-        if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(len(self)))]
-        if index < 0:
-            index += len(self)
-        if not 0 <= index < len(self):
-            raise IndexError(index)
+    def make(self, index: int) -> Product:
         return synthetic_product(self.source, self.plan, index)
 
     def __iter__(self) -> Iterator[Product]:

@@ -42,16 +42,15 @@ def changed(snapshot: Snapshot) -> int:
     return snapshot.overlay.size + len(snapshot.overlay.dead)
 
 
-class LiveProducts(Sequence[Product]):
-    """A snapshot's products, version rows first, each read from disk when asked for."""
-
-    def __init__(self, snapshot: Snapshot) -> None:
-        self._snapshot = snapshot
-        base = snapshot.base
-        self.rows = np.setdiff1d(np.arange(base.size), snapshot.overlay.dead)
+class LazyProducts(Sequence[Product]):
+    """Products made one at a time as a reader asks for them (`write_segment` reads each
+    once), so a million need not be in memory together. Subclasses say how many and how."""
 
     def __len__(self) -> int:
-        return len(self.rows) + self._snapshot.overlay.size
+        raise NotImplementedError
+
+    def make(self, index: int) -> Product:
+        raise NotImplementedError
 
     @overload
     def __getitem__(self, index: int) -> Product: ...
@@ -59,7 +58,25 @@ class LiveProducts(Sequence[Product]):
     def __getitem__(self, index: slice) -> Sequence[Product]: ...
     def __getitem__(self, index: int | slice) -> Product | Sequence[Product]:
         if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(len(self)))]
+            return [self.make(i) for i in range(*index.indices(len(self)))]
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        return self.make(index)
+
+
+class LiveProducts(LazyProducts):
+    """A snapshot's products, version rows first, each read from disk when asked for."""
+
+    def __init__(self, snapshot: Snapshot) -> None:
+        self._snapshot = snapshot
+        self.rows = np.setdiff1d(np.arange(snapshot.base.size), snapshot.overlay.dead)
+
+    def __len__(self) -> int:
+        return len(self.rows) + self._snapshot.overlay.size
+
+    def make(self, index: int) -> Product:
         if index < len(self.rows):
             return self._snapshot.base.product(int(self.rows[index]))
         return self._snapshot.overlay.products[index - len(self.rows)]
