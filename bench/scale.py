@@ -251,6 +251,15 @@ def markdown(rows: list[dict[str, Any]], notes: list[str], meta: dict[str, Any])
                   " Build s is the store's replace_all, which includes making the synthetic "
                   "products (made as the store reads them; their vectors are made beforehand"
                   " and not counted); run s is the whole row.", ""]
+        again = "; ".join(
+            f"{r['size']:,}: vector {_pair(r['second_pass']['vector_ms'])}, filtered "
+            f"{_pair(r['second_pass']['filtered_vector_ms'])}, hybrid + final "
+            f"{_pair(r['second_pass']['hybrid_final_ms'])}"
+            for r in rows if r["store"] == store and "second_pass" in r
+        )
+        if again:
+            lines += [f"The same queries a second time, p50 / p95 ms (what they read is in "
+                      f"memory now): {again}.", ""]
     lines += ["## Notes", ""] + [f"- {note}" for note in notes] + [""]
     return "\n".join(lines)
 
