@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -12,7 +15,7 @@ import pytest
 from indexer.local_store import LocalStore
 from indexer.local_update_log import UPDATES
 from indexer.schema import Product
-from tests.conftest import axis_vectors, make_product
+from tests.conftest import REPO, axis_vectors, make_product
 
 
 @pytest.fixture
@@ -108,3 +111,43 @@ def test_enough_changes_start_a_compaction_in_the_background(
         time.sleep(0.05)
     assert store.version != version
     assert store.count() == 9 and store.get("n2") is not None
+
+
+_KILLED_CHILD = """
+import sys, time
+from pathlib import Path
+from indexer.local_store import LocalStore
+
+write = LocalStore._write_version
+
+def write_then_hang(self, *args, **kwargs):
+    write(self, *args, **kwargs)
+    print("written", flush=True)
+    time.sleep(600)
+
+LocalStore._write_version = write_then_hang
+LocalStore(Path(sys.argv[1])).compact()
+"""
+
+
+def test_a_compaction_killed_before_its_swap_loses_nothing(
+    store: LocalStore, tiny_products: list[Product]
+) -> None:
+    """SIGKILL after the new version is written, before it is swapped in: the old version
+    and its log still serve every acknowledged change; the next rebuild removes the rest."""
+    store.upsert([make_product("p9", "espresso machine")], axis_vectors(9)[8:])
+    store.delete(["p1"])
+    version, before = store.version, state(store)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    child = subprocess.Popen([sys.executable, "-c", _KILLED_CHILD, str(store.root)],
+                             env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None and child.stdout.readline().strip() == "written"
+    finally:
+        child.kill()
+        child.wait()
+    reopened = LocalStore(store.root)
+    assert reopened.version == version and state(reopened) == before
+    assert [p for p in store.root.iterdir() if p.name.startswith(".building")]
+    reopened.replace_all(tiny_products, axis_vectors(len(tiny_products)))
+    assert not [p for p in store.root.iterdir() if p.name.startswith(".building")]
