@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 import numpy.typing as npt
@@ -76,12 +77,12 @@ class Overlay:
     def size(self) -> int:
         return len(self.products)
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "_rows", {p.id: row for row, p in enumerate(self.products)})
+    @cached_property
+    def _rows(self) -> dict[str, int]:
+        return {p.id: row for row, p in enumerate(self.products)}
 
     def row(self, product_id: str) -> int | None:
-        rows: dict[str, int] = self.__dict__["_rows"]
-        return rows.get(product_id)
+        return self._rows.get(product_id)
 
     def has_title(self, row: int) -> bool:
         return self.title_vectors is not None and bool(np.any(self.title_vectors[row]))

@@ -19,7 +19,6 @@ import numpy.typing as npt
 
 from indexer.analysis import analyze
 from indexer.ann import MAX_EXPANSION
-from indexer.lexical import K1
 from indexer.local_overlay import Overlay, Upsert
 from indexer.local_segment import FILTERED_EXACT_BELOW, Segment
 from indexer.schema import LEXICAL_FIELDS, Product
@@ -55,6 +54,9 @@ class Snapshot:
         at = np.searchsorted(self.overlay.dead, row)
         dead = at < len(self.overlay.dead) and self.overlay.dead[at] == row
         return None if dead else row
+
+    def contains(self, product_id: str) -> bool:
+        return self.overlay.row(product_id) is not None or self._base_row(product_id) is not None
 
     def get(self, product_id: str) -> Product | None:
         row = self.overlay.row(product_id)
@@ -95,11 +97,12 @@ class Snapshot:
 
     def _allowed(self, filters: Filters | None) -> npt.NDArray[np.bool_] | None:
         """The version's rows a search may return; None for all of them."""
-        filtered = filters is not None and not filters.is_empty()
-        if not filtered and not len(self.overlay.dead):
+        if filters is not None and not filters.is_empty():
+            allowed = self.base.mask(filters)
+        elif len(self.overlay.dead):
+            allowed = np.ones(self.base.size, dtype=bool)
+        else:
             return None
-        allowed = self.base.mask(filters) if filters is not None and filtered else np.ones(
-            self.base.size, dtype=bool)
         allowed[self.overlay.dead] = False
         return allowed
 
@@ -158,9 +161,8 @@ class Snapshot:
                     if found is None:
                         continue
                     rows, tf = found
-                    idf = stats.idf(postings.df(term) + len(rows))
-                    factor = stats.length_factor(delta.norms[rows])
-                    delta_scores[rows] += (K1 + 1) * idf * tf / (tf + factor)
+                    delta_scores[rows] += stats.term_scores(postings.df(term) + len(rows), tf,
+                                                            delta.norms[rows])
                 delta_total += np.float32(weight) * delta_scores
         matched = np.flatnonzero(base_total > 0)
         allowed = self._allowed(filters)

@@ -283,7 +283,7 @@ class LocalStore:
     def delete(self, product_ids: Sequence[str]) -> int:
         """Remove products; returns how many existed."""
         state = self._state(force=True)
-        existing = [pid for pid in dict.fromkeys(product_ids) if state.get(pid) is not None]
+        existing = [pid for pid in dict.fromkeys(product_ids) if state.contains(pid)]
         self._append_log(delete_entries(existing))
         return len(existing)
 

@@ -94,6 +94,14 @@ class BM25:
     def length_factor(self, norms: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         return (K1 * ((1 - B) + B * norms / self.avgdl)).astype(np.float32)
 
+    def term_scores(
+        self, df: int, tf: npt.NDArray[np.float32], norms: npt.NDArray[np.float32]
+    ) -> npt.NDArray[np.float32]:
+        """One term's BM25 score in each document that holds it ``tf`` times, of those
+        ``norms`` (Lucene-encoded lengths), the term being in ``df`` documents."""
+        factor = self.length_factor(norms)
+        return (K1 + 1) * self.idf(df) * tf / (tf + factor)
+
     def __add__(self, other: BM25) -> BM25:
         return BM25(self.doc_count + other.doc_count, self.total_length + other.total_length)
 
@@ -136,9 +144,8 @@ class Postings:
             if found is None:
                 continue
             rows, tf = found
-            idf = stats.idf(len(rows) + extra_df.get(term, 0))
-            factor = stats.length_factor(self.norms[rows])
-            scores[rows] += (K1 + 1) * idf * tf / (tf + factor)
+            scores[rows] += stats.term_scores(len(rows) + extra_df.get(term, 0), tf,
+                                              self.norms[rows])
 
     @classmethod
     def open(cls, folder: Path) -> Postings:
