@@ -1,6 +1,7 @@
 """Which HNSW library the embedded store's vector index should use: faiss, usearch and hnswlib
 measured on the same vectors.
 
+    python3 -m pip install usearch==2.26.6 hnswlib==0.8.0  # not shoprank's dependencies
     python3 -m bench.ann_libraries --sizes 100000,1000000 --out bench/ann-libraries-2026-12-07.md
 
 Vectors: the real product vectors of the local indexes eval-esci-us and eval-icecat (384-d,
