@@ -192,12 +192,17 @@ def write_queries(
     seed: int = 0,
     short: float = 0.1,
     typo: float = 0.1,
+    kinds: Sequence[str] = QUERY_KINDS,
 ) -> list[PseudoQuery]:
     """``count`` queries from distinct products chosen at random, the kinds mixed evenly
-    (each product gets one kind it supports, drawn at random); then noise: a share ``short``
-    cut to one word, a share ``typo`` with a word misspelt. A repeated text is skipped.
-    The same for a seed. The noise shows in the kind: ``product_type+typo``.
+    (each product gets one of ``kinds`` it supports, drawn at random); then noise: a share
+    ``short`` cut to one word, a share ``typo`` with a word misspelt. A repeated text is
+    skipped. The same for a seed. The noise shows in the kind: ``product_type+typo``.
     """
+    unknown = sorted(set(kinds) - set(QUERY_KINDS))
+    if unknown or not kinds:
+        raise ValueError(f"query kinds: {unknown or 'none given'}; choose from "
+                         f"{', '.join(QUERY_KINDS)}")
     rng = random.Random(seed)
     vocabulary = TypeVocabulary.of((p.title, p.brand) for p in products)
     order = list(products)
@@ -205,7 +210,7 @@ def write_queries(
     written: list[PseudoQuery] = []
     seen: set[str] = set()
     for product in order:
-        options = queries_for(product, vocabulary, rng)
+        options = [q for q in queries_for(product, vocabulary, rng) if q.kind in kinds]
         if not options:
             continue
         query = rng.choice(options)

@@ -36,7 +36,7 @@ from reranker.errors import RerankerError
 from reranker.features import CROSS_ENCODER_FEATURE
 from reranker.linear_ranker import LinearRanker
 from reranker.listwise import ListwiseConfig
-from reranker.query_writer import write_queries
+from reranker.query_writer import QUERY_KINDS, write_queries
 
 OutOption = Annotated[Path, typer.Option("--out", "-o", help="New (or empty) output folder.")]
 
@@ -49,6 +49,10 @@ def tune_reranker_distill(
         int, typer.Option("--pseudo-queries", min=10, max=200_000,
                           help="Pseudo-queries written from each catalog (no labels read).")
     ] = 6000,
+    query_kinds: Annotated[
+        str, typer.Option("--query-kinds", help="Comma-separated kinds of pseudo-query to "
+                          f"write, of {', '.join(QUERY_KINDS)}.")
+    ] = ",".join(QUERY_KINDS),
     teacher: Annotated[
         Path | None, typer.Option("--teacher", help="Final-stage ranker JSON whose scores the "
                                   "cross-encoder learns (default: the packaged retrieval-only "
@@ -96,6 +100,10 @@ def tune_reranker_distill(
         int | None, typer.Option("--stop-after", min=1, help="End this call after that step "
                                  "(checkpointed); the same command later goes on from there.")
     ] = None,
+    device: Annotated[
+        str, typer.Option("--device", help="Train on cpu, or on cuda where a GPU is (the same "
+                          "recipe; a GPU's arithmetic differs in the last digits).")
+    ] = "cpu",
 ) -> None:
     """Train the cross-encoder without judgments: pseudo-queries written from each catalog,
     candidates from our own hybrid retrieval, the learned final stage as the teacher.
@@ -112,6 +120,14 @@ def tune_reranker_distill(
     if out_dir.exists() and any(out_dir.iterdir()):
         fail(f"--out {out_dir} exists and is not an empty folder; choose a new one")
     work = work or out_dir.with_name(out_dir.name + ".work")
+    _check_device(device)
+    kinds = tuple(k.strip() for k in query_kinds.split(",") if k.strip())
+    unknown = sorted(set(kinds) - set(QUERY_KINDS))
+    if unknown or not kinds:
+        fail(f"--query-kinds: unknown kind {', '.join(unknown) or '(none given)'}; choose "
+             f"from {', '.join(QUERY_KINDS)}")
+    # The default's groups keep the name they had before kinds could be chosen.
+    kinds_key = "" if set(kinds) == set(QUERY_KINDS) else "-k" + "-".join(sorted(kinds))
     try:
         ranker = LinearRanker.load(teacher or _default_teacher())
         config = ListwiseConfig(
@@ -141,7 +157,7 @@ def tune_reranker_distill(
         texts.update((pid, product_to_text(product)) for pid, product in products.items())
         index_name = index[number] if index else eval_index_name(path)
         saved = work / (f"groups-{_slug(label)}-{_slug(index_name)}-q{pseudo_queries}-s{seed}"
-                        f"-g{group_size}-t{teacher_key}.jsonl.gz")
+                        f"-g{group_size}-t{teacher_key}{kinds_key}.jsonl.gz")
         if saved.is_file():
             shop = load_groups(saved)
             console.print(f"{label}: {len(shop)} training groups from {saved}")
@@ -149,7 +165,8 @@ def tune_reranker_distill(
             settings = build_settings(index=index_name, reranker="none", final_ranker="none")
             ensure_index(settings, path)
             fields = fields_of(products)
-            written = write_queries(list(fields.values()), pseudo_queries, seed=seed)
+            written = write_queries(list(fields.values()), pseudo_queries, seed=seed,
+                                    kinds=kinds)
             console.print(f"{label}: {len(written)} pseudo-queries; the teacher scores "
                           "their hybrid candidates")
             try:
@@ -168,7 +185,7 @@ def tune_reranker_distill(
         card = train_distilled(groups, texts, config, work, out_dir,
                                catalogs=[catalog_label(p) for p in catalog],
                                teacher=str((teacher or _default_teacher()).name),
-                               stop_after=stop_after)
+                               stop_after=stop_after, device=device)
     except (RerankerError, PluginError) as e:
         fail(str(e), code=1)
     if card is None:
@@ -180,6 +197,17 @@ def tune_reranker_distill(
         f"{card.validation_best:.4f}, teacher {card.validation_retrieval:.4f}",
         highlight=False,
     )
+
+
+def _check_device(device: str) -> None:
+    if device == "cpu":
+        return
+    if device != "cuda" and not device.startswith("cuda:"):
+        fail(f"--device {device!r}: choose cpu or cuda (cuda:N for the N-th GPU)")
+    import torch
+
+    if not torch.cuda.is_available():
+        fail(f"--device {device}: torch sees no CUDA GPU on this machine; use --device cpu")
 
 
 def _default_teacher() -> Path:

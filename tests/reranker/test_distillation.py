@@ -58,6 +58,34 @@ def test_every_query_kind_is_written_from_real_products_and_names_its_source() -
     assert write_queries(fields, 300, seed=3) == queries  # the same for a seed
 
 
+def test_chosen_kinds_are_the_only_ones_written_and_the_default_is_unchanged() -> None:
+    fields = [product_fields(Product.model_validate(row)) for row in demo_slice(400)]
+    chosen = write_queries(fields, 200, seed=3, kinds=("title_span", "brand_type"))
+    assert len(chosen) == 200
+    assert {q.kind.split("+")[0] for q in chosen} == {"title_span", "brand_type"}
+    every = ("title_span", "product_type", "brand_type", "type_attribute", "category")
+    assert write_queries(fields, 50, seed=3, kinds=every) == write_queries(fields, 50, seed=3)
+    with pytest.raises(ValueError, match="colour"):
+        write_queries(fields, 10, kinds=("title_span", "colour"))
+
+
+def test_unknown_query_kinds_and_devices_are_refused_before_any_work(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from plugin.cli import app
+
+    catalog = tmp_path / "products.jsonl"
+    catalog.write_text("")
+    base = ["tune", "reranker-distill", "--catalog", str(catalog), "--out", str(tmp_path / "o")]
+    kinds = CliRunner().invoke(app, [*base, "--query-kinds", "title_span,colour"])
+    assert kinds.exit_code == 2
+    assert "--query-kinds" in kinds.output and "colour" in kinds.output
+    assert "brand_type" in kinds.output  # the kinds to choose from
+    device = CliRunner().invoke(app, [*base, "--device", "tpu"])
+    assert device.exit_code == 2 and "--device 'tpu'" in device.output
+    assert not (tmp_path / "o.work").exists()
+
+
 def test_a_typo_changes_one_word_by_one_slip() -> None:
     vocabulary = TypeVocabulary.of([("wireless headphones", None)] * 6)
     product = _fields("1", "wireless headphones")
