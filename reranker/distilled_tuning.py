@@ -82,8 +82,10 @@ def train_distilled(
     catalogs: Sequence[str],
     teacher: str,
     stop_after: int | None = None,
+    device: str = "cpu",
 ) -> TunedModelCard | None:
-    """Train on all but `VALIDATION_GROUPS` groups and write the artifact and its card.
+    """Train on all but `VALIDATION_GROUPS` groups (on ``device``) and write the artifact and
+    its card.
     With ``stop_after`` (see `train_listwise`) a run that stops early writes nothing but its
     checkpoint, and returns None."""
     train, validation = split_groups(groups, VALIDATION_GROUPS, config.seed)
@@ -91,13 +93,13 @@ def train_distilled(
     from transformers import set_seed
 
     set_seed(config.seed)  # the untrained head is random: the same one for a seed
-    untrained = build_model(config)
+    untrained = build_model(config, device)
     inner_model(untrained).eval()
     before = pseudo_mrr(untrained, validation, text_of, config.max_length)
     del untrained
     teacher_mrr = sum(1 / g.teacher_rank() for g in validation) / max(len(validation), 1)
     model, result = train_listwise(train, text_of, config, work, stop_after=stop_after,
-                                   data_key=data_key(train))
+                                   data_key=data_key(train), device=device)
     if stop_after is not None and result.steps < _total_steps(len(train), config):
         return None
     best = pseudo_mrr(model, validation, text_of, config.max_length)
@@ -120,6 +122,7 @@ def train_distilled(
                       f"final stage {teacher}",
             "query_kinds": dict(sorted(kinds.items())),
             "pairs_per_second": round(result.pairs_per_second, 1),
+            "device": _device_name(device),
             "steps": result.steps,
             "resumed_from_step": result.resumed_from,
         },
@@ -167,6 +170,15 @@ def data_key(groups: Sequence[DistillGroup]) -> str:
 def _total_steps(groups: int, config: ListwiseConfig) -> int:
     total = groups // config.batch_groups * config.epochs
     return total if config.max_steps is None else min(total, config.max_steps)
+
+
+def _device_name(device: str) -> str:
+    """"cpu", or the GPU's name ("cuda: NVIDIA H100 80GB HBM3")."""
+    if not device.startswith("cuda"):
+        return device
+    import torch
+
+    return f"{device}: {torch.cuda.get_device_name(torch.device(device))}"
 
 
 def _now() -> str:

@@ -120,17 +120,18 @@ def _minutes(seconds: float) -> str:
     return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
 
 
-def build_model(config: ListwiseConfig) -> CrossEncoder:
+def build_model(config: ListwiseConfig, device: str = "cpu") -> CrossEncoder:
     """The packaged MiniLM as a cross-encoder with a one-logit head, LoRA-wrapped on request;
-    with ``config.init``, that artifact's adapter and head, trainable."""
+    with ``config.init``, that artifact's adapter and head, trainable. On ``device`` ("cpu",
+    or "cuda" where a GPU is)."""
     if config.init is not None and not config.lora:
         from sentence_transformers import CrossEncoder
 
         model: CrossEncoder = CrossEncoder(config.init, max_length=config.max_length,
-                                           device="cpu", local_files_only=True)
+                                           device=device, local_files_only=True)
         _freeze_embeddings(model, config)
         return model
-    model = packaged_cross_encoder(max_length=config.max_length, device="cpu")
+    model = packaged_cross_encoder(max_length=config.max_length, device=device)
     _freeze_embeddings(model, config)
     if config.init is not None:
         from peft import PeftModel
@@ -158,8 +159,10 @@ def group_loss(
     import torch
 
     if config.loss == "mse":
-        return torch.mean((scores - torch.tensor(group.teacher, dtype=scores.dtype)) ** 2)
-    targets = torch.tensor(group.targets(config.label_weight, config.temperature))
+        teacher = torch.tensor(group.teacher, dtype=scores.dtype, device=scores.device)
+        return torch.mean((scores - teacher) ** 2)
+    targets = torch.tensor(group.targets(config.label_weight, config.temperature),
+                           dtype=scores.dtype, device=scores.device)
     return -(targets * torch.log_softmax(scores, dim=0)).sum()
 
 
@@ -171,11 +174,12 @@ def group_scores(
     import torch
 
     pairs = [(g.query, texts(pid)) for g in groups for pid in g.product_ids]
+    network = inner_model(model)
     features = model.tokenizer(
         [q for q, _ in pairs], [t for _, t in pairs], padding=True, truncation=True,
         max_length=max_length, return_tensors="pt",
-    )
-    logits = inner_model(model)(**features).logits.view(-1)
+    ).to(network.device)
+    logits = network(**features).logits.view(-1)
     return list(torch.split(logits, [len(g.product_ids) for g in groups]))
 
 
@@ -187,6 +191,7 @@ def train_listwise(
     *,
     stop_after: int | None = None,
     data_key: str = "",
+    device: str = "cpu",
 ) -> tuple[CrossEncoder, ListwiseResult]:
     """Train on ``groups`` (product text by id from ``texts``), checkpointing into ``work``
     and resuming from a checkpoint there. Returns the trained model and what the run did.
@@ -194,7 +199,8 @@ def train_listwise(
     ``stop_after`` ends this call after that step (checkpointed), as a stopped run would;
     a later call with the same settings goes on from there (a call already past it trains
     nothing). ``data_key`` names the training data: a checkpoint of other data is refused.
-    Seconds and pairs in the result count every call of the run.
+    Seconds and pairs in the result count every call of the run. A checkpoint written on
+    one ``device`` resumes on another.
     """
     prepare_offline_loading()
     import torch
@@ -209,7 +215,7 @@ def train_listwise(
     if total < 1:
         raise TuningError(f"{len(groups)} groups make no batch of {config.batch_groups}")
     set_seed(config.seed)
-    model = build_model(config)
+    model = build_model(config, device)
     network = inner_model(model)
     trainable = [p for p in network.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=config.resolved_learning_rate,
@@ -308,7 +314,7 @@ def _resume(
 
     if not path.is_file():
         return _Resumed()
-    saved = torch.load(path, weights_only=False)
+    saved = torch.load(path, weights_only=False, map_location="cpu")
     if saved["config"] != config.model_dump(mode="json"):
         raise TuningError(
             f"{path} was written with other settings; resume with the same ones, or use a "
