@@ -43,6 +43,8 @@
 # printed to the log as it is measured, so a run cut short still reports what it measured. curl and unzip, which scripts/triton calls, get Python stand-ins
 # where the image lacks them. Results go to $OUT (the device tool brings them back), else
 # bench/results: triton-gpu-<date>.{json,md}, the run's log and Triton's log.
+# With CHECKPOINT=DIR (a full checkpoint: bench/gpu_train.sh leaves the model it trained in
+# .gpu/out/merged) that model is exported instead of random weights.
 # Exits 3 without a GPU, 4 when the server cannot run there, 1 on other failures.
 set -euo pipefail
 
@@ -149,7 +151,7 @@ stand_ins() {
 }
 
 travelling_bytes() {
-    git ls-files -z --cached --others --exclude-standard | xargs -0 stat -c %s 2>/dev/null \
+    git ls-files -z --cached --others --exclude-standard | { xargs -0 stat -c %s 2>/dev/null || true; } \
         | awk '{ s += $1 } END { print s + 0 }'
 }
 
@@ -232,8 +234,17 @@ sys.exit(0 if torch.cuda.is_available() else 1)' || fail 3 "no GPU: torch sees n
     [[ -d /dev/shm && -w /dev/shm ]] || fail 4 "no writable /dev/shm for Triton's Python backend"
     df -h /dev/shm | tail -n 1 || true
 
-    PYTHONPATH=$site:$REPO python3 -m bench.triton_load repository "$scratch/models" \
-        --random-weights "$WHEELS/requests/config.json"
+    if [[ -n ${CHECKPOINT:-} ]]; then  # a trained model (bench/gpu_train.sh), else random weights
+        [[ -f $CHECKPOINT/config.json ]] || fail 1 "CHECKPOINT=$CHECKPOINT holds no config.json"
+        PYTHONPATH=$site:$REPO python3 -m bench.triton_load repository "$scratch/models" \
+            --checkpoint "$CHECKPOINT"
+        described="the cross-encoder trained on this GPU by bench/gpu_train.sh ($CHECKPOINT)"
+    else
+        PYTHONPATH=$site:$REPO python3 -m bench.triton_load repository "$scratch/models" \
+            --random-weights "$WHEELS/requests/config.json"
+        described="full checkpoint: random weights in the packaged all-MiniLM-L6-v2 \
+architecture, 1-logit head"
+    fi
     trap stop_server EXIT
     scripts/triton start --gpu --repository "$scratch/models" || fail 4 "Triton did not start"
     echo "[$SECONDS s] Triton ready"
@@ -243,9 +254,8 @@ sys.exit(0 if torch.cuda.is_available() else 1)' || fail 3 "no GPU: torch sees n
         --url "127.0.0.1:$PORT" \
         --inputs "$WHEELS/requests" --concurrency 1 8 32 --seconds "$SECONDS_PER_POINT" \
         --warmup 20 --precision "${VARIANTS[@]}" --targets --out "$out_dir" --name "$name" \
-        --model "shoprank_reranker v1 (full checkpoint: random weights in the packaged \
-all-MiniLM-L6-v2 architecture, 1-logit head); Python backend, configs/gpu.pbtxt, each variant \
-loaded by a load-time config override"
+        --model "shoprank_reranker v1 ($described); Python backend, configs/gpu.pbtxt, each \
+variant loaded by a load-time config override"
     echo "[$SECONDS s] done"
 }
 

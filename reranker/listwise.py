@@ -293,6 +293,9 @@ def _save_checkpoint(
         "model": _state(network, config.lora), "optimizer": optimizer.state_dict(),
         "schedule": schedule.state_dict(), "python_random": random.getstate(),
         "torch_random": torch.get_rng_state(),
+        # Dropout on a GPU draws from the GPU's generators.
+        "cuda_random": (torch.cuda.get_rng_state_all()
+                        if next(network.parameters()).is_cuda else None),
     }, partial)
     partial.replace(path)  # a run killed mid-write keeps the previous checkpoint
 
@@ -335,6 +338,10 @@ def _resume(
     schedule.load_state_dict(saved["schedule"])
     random.setstate(saved["python_random"])
     torch.set_rng_state(saved["torch_random"])
+    cuda_random = saved.get("cuda_random")
+    if (cuda_random is not None and next(network.parameters()).is_cuda
+            and len(cuda_random) == torch.cuda.device_count()):
+        torch.cuda.set_rng_state_all(cuda_random)
     logger.info("resuming from step %d (%s)", saved["step"], path)
     return _Resumed(int(saved["step"]), list(saved["losses"]), float(saved.get("seconds", 0.0)),
                     int(saved.get("pairs", 0)))
