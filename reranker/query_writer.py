@@ -185,6 +185,27 @@ def queries_for(
     return [PseudoQuery(text, product.id, kind) for kind, text in found]
 
 
+def query_kinds(names: Iterable[str]) -> tuple[str, ...]:
+    """The kinds named, checked against `QUERY_KINDS` (ValueError names the unknown ones).
+
+    >>> query_kinds(["title_span", "brand_type"])
+    ('title_span', 'brand_type')
+    """
+    kinds = tuple(name.strip() for name in names if name.strip())
+    unknown = sorted(set(kinds) - set(QUERY_KINDS))
+    if unknown or not kinds:
+        raise ValueError(f"unknown kind {', '.join(unknown) or '(none given)'}; choose from "
+                         f"{', '.join(QUERY_KINDS)}")
+    return kinds
+
+
+def kinds_suffix(kinds: Iterable[str]) -> str:
+    """What a training-groups file name gains for a choice of kinds: nothing for every kind
+    (the names files had before kinds could be chosen), else ``-k`` and the sorted kinds."""
+    chosen = sorted(set(kinds))
+    return "" if set(chosen) == set(QUERY_KINDS) else "-k" + "-".join(chosen)
+
+
 def write_queries(
     products: Sequence[ProductFields],
     count: int,
@@ -199,10 +220,7 @@ def write_queries(
     ``short`` cut to one word, a share ``typo`` with a word misspelt. A repeated text is
     skipped. The same for a seed. The noise shows in the kind: ``product_type+typo``.
     """
-    unknown = sorted(set(kinds) - set(QUERY_KINDS))
-    if unknown or not kinds:
-        raise ValueError(f"query kinds: {unknown or 'none given'}; choose from "
-                         f"{', '.join(QUERY_KINDS)}")
+    kinds = query_kinds(kinds)
     rng = random.Random(seed)
     vocabulary = TypeVocabulary.of((p.title, p.brand) for p in products)
     order = list(products)

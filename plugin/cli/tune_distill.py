@@ -36,7 +36,7 @@ from reranker.errors import RerankerError
 from reranker.features import CROSS_ENCODER_FEATURE
 from reranker.linear_ranker import LinearRanker
 from reranker.listwise import ListwiseConfig
-from reranker.query_writer import QUERY_KINDS, write_queries
+from reranker.query_writer import QUERY_KINDS, kinds_suffix, query_kinds, write_queries
 
 OutOption = Annotated[Path, typer.Option("--out", "-o", help="New (or empty) output folder.")]
 
@@ -49,7 +49,7 @@ def tune_reranker_distill(
         int, typer.Option("--pseudo-queries", min=10, max=200_000,
                           help="Pseudo-queries written from each catalog (no labels read).")
     ] = 6000,
-    query_kinds: Annotated[
+    kinds_option: Annotated[
         str, typer.Option("--query-kinds", help="Comma-separated kinds of pseudo-query to "
                           f"write, of {', '.join(QUERY_KINDS)}.")
     ] = ",".join(QUERY_KINDS),
@@ -121,13 +121,10 @@ def tune_reranker_distill(
         fail(f"--out {out_dir} exists and is not an empty folder; choose a new one")
     work = work or out_dir.with_name(out_dir.name + ".work")
     _check_device(device)
-    kinds = tuple(k.strip() for k in query_kinds.split(",") if k.strip())
-    unknown = sorted(set(kinds) - set(QUERY_KINDS))
-    if unknown or not kinds:
-        fail(f"--query-kinds: unknown kind {', '.join(unknown) or '(none given)'}; choose "
-             f"from {', '.join(QUERY_KINDS)}")
-    # The default's groups keep the name they had before kinds could be chosen.
-    kinds_key = "" if set(kinds) == set(QUERY_KINDS) else "-k" + "-".join(sorted(kinds))
+    try:
+        kinds = query_kinds(kinds_option.split(","))
+    except ValueError as e:
+        fail(f"--query-kinds: {e}")
     try:
         ranker = LinearRanker.load(teacher or _default_teacher())
         config = ListwiseConfig(
@@ -157,7 +154,7 @@ def tune_reranker_distill(
         texts.update((pid, product_to_text(product)) for pid, product in products.items())
         index_name = index[number] if index else eval_index_name(path)
         saved = work / (f"groups-{_slug(label)}-{_slug(index_name)}-q{pseudo_queries}-s{seed}"
-                        f"-g{group_size}-t{teacher_key}{kinds_key}.jsonl.gz")
+                        f"-g{group_size}-t{teacher_key}{kinds_suffix(kinds)}.jsonl.gz")
         if saved.is_file():
             shop = load_groups(saved)
             console.print(f"{label}: {len(shop)} training groups from {saved}")
