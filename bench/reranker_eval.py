@@ -10,7 +10,11 @@ uses the scores of the top ``w`` only. Rows:
 - ``hybrid``: retrieval order;
 - ``final``: today's learned final stage, fitted per fold (no cross-encoder feature);
 - ``rerank@w``: the cross-encoder alone reorders the top ``w``;
-- ``final+ce@w``: the final stage with the cross-encoder's score as a feature, fitted per fold.
+- ``final+ce@w``: the final stage with the cross-encoder's score as a feature, fitted per fold;
+- ``final+ce@nested`` (``--nested``): for each outer fold, the window (or no cross-encoder at
+  all) chosen by an inner 4-fold CV over the other folds' queries alone, then the final stage
+  fitted there at that window: what the window is worth when the data picks it, free of the
+  choice made by reading the rows above.
 
 The cross-encoder never saw a judgment (it learns from pseudo-queries and the final stage's
 scores on them), so it may score every query; the final stages are fitted on the other folds.
@@ -29,6 +33,7 @@ import logging
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import cast
 
 from bench.machine import cpu_model, percentile
 from plugin.components import build_pipeline
@@ -39,6 +44,7 @@ from plugin.final_stage_fitting import (
     fit_final_stage,
     folds_of,
 )
+from plugin.folds import splits
 from plugin.models import NO_FAIRNESS, SearchRequest
 from plugin.pipeline import SearchPipeline
 from plugin.settings import Settings
@@ -110,11 +116,46 @@ def row(
     }
 
 
+def inner_score(
+    collected: Mapping[str, QueryCandidates], qrels: Qrels, gains: Gains | None,
+    qids: Sequence[str], window: int, folds: int, seed: int,
+) -> float:
+    """Plain plus judged-only nDCG@10 of an inner CV over ``qids`` alone, the final stage with
+    the cross-encoder over the top ``window`` (0: without it)."""
+    inner = {q: windowed(collected[q], window) for q in qids}
+    run = cross_validated_final(inner, qrels, folds_of(list(qids), folds, seed), gains=gains,
+                                with_cross_encoder=window > 0)
+    report = evaluate_run(run, {q: qrels[q] for q in qids}, gains=gains)
+    return report.ndcg + report.ndcg_condensed
+
+
+def nested_window(
+    collected: Mapping[str, QueryCandidates], qrels: Qrels, gains: Gains | None,
+    windows: Sequence[int], split: Sequence[Sequence[str]], seed: int,
+) -> tuple[dict[str, list[str]], list[int]]:
+    """Each outer fold ranked at the window (0: no cross-encoder) its training folds chose by an
+    inner CV; the run, and the window chosen for each fold."""
+    run: dict[str, list[str]] = {}
+    chosen = []
+    for train, test in splits(split):
+        window = max([0, *windows], key=lambda w: inner_score(
+            collected, qrels, gains, train, w, len(split) - 1, seed))
+        chosen.append(window)
+        at_window = {q: windowed(item, window) for q, item in collected.items()}
+        ranker = fit_final_stage(at_window, qrels, train, gains=gains,
+                                 with_cross_encoder=window > 0)
+        run.update({q: at_window[q].ranked_by(ranker) for q in test})
+    return run, chosen
+
+
 def evaluate(
     collected: Mapping[str, QueryCandidates], qrels: Qrels, gains: Gains | None,
-    windows: Sequence[int], folds: int, seed: int,
+    windows: Sequence[int], folds: int, seed: int, nested: bool = False,
 ) -> tuple[list[dict[str, object]], dict[int, LinearRanker]]:
-    """The rows, and for each window a final stage fitted on every query (for timing only)."""
+    """The rows, and for each window a final stage fitted on every query (for timing only).
+
+    With ``nested``, a last row ``final+ce@nested`` whose ``windows`` entry lists each outer
+    fold's chosen window (0: no cross-encoder)."""
     split = folds_of(list(collected), folds, seed)
     hybrid = {q: [c.product_id for c in item.candidates] for q, item in collected.items()}
     base = evaluate_run(hybrid, qrels, gains=gains)
@@ -132,6 +173,10 @@ def evaluate(
         rows.append(row(f"final+ce@{window}", evaluate_run(run, qrels, gains=gains), base, final))
         rankers[window] = fit_final_stage(with_ce, qrels, list(with_ce), gains=gains,
                                           with_cross_encoder=True)
+    if nested:
+        run, chosen = nested_window(collected, qrels, gains, windows, split, seed)
+        nested_row = row("final+ce@nested", evaluate_run(run, qrels, gains=gains), base, final)
+        rows.append({**nested_row, "windows": chosen})
     return rows, rankers
 
 
@@ -145,9 +190,12 @@ def markdown(
     ]
     for r in rows:
         stage = str(r["stage"])
-        window = int(stage.split("@")[1]) if stage.startswith("final+ce@") else 0
+        window = int(stage.split("@")[1]) if stage.split("@")[-1].isdigit() else 0
         timing = (f"{latencies[window][0]:.0f} / {latencies[window][1]:.0f}"
-                  if window in latencies else "")
+                  if stage.startswith("final+ce@") and window in latencies else "")
+        if "windows" in r:
+            chosen = cast(Sequence[int], r["windows"])
+            stage += " (windows " + ", ".join(str(w) for w in chosen) + ")"
         lines.append(
             f"| {stage} | {r['ndcg']:.4f} | {r['ndcg_judged']:.4f} | {r['mrr']:.4f} | "
             f"{r['judged']:.3f} | {r['vs_hybrid']} / {r['vs_hybrid_judged']} | "
@@ -169,6 +217,8 @@ def main() -> None:
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--latency-queries", type=int, default=40)
+    parser.add_argument("--nested", action="store_true",
+                        help="add final+ce@nested: the window chosen inside the training folds")
     parser.add_argument("--json-out", type=Path, default=None)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -193,7 +243,8 @@ def main() -> None:
     started = time.perf_counter()
     collected = collect_candidates(pipeline, judged, rerank=True)
     scoring = time.perf_counter() - started
-    rows, rankers = evaluate(collected, qrels, gains, windows, args.folds, args.seed)
+    rows, rankers = evaluate(collected, qrels, gains, windows, args.folds, args.seed,
+                             nested=args.nested)
     sample = [item.query for item in collected.values()][: args.latency_queries]
     latencies = {}
     for window in windows:
