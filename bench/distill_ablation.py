@@ -13,7 +13,9 @@ feature; the cross-encoder alone over hybrid's top ``--window``). Variants:
 - ``all``: the shipped recipe (source label 0.5 + teacher 0.5, every query kind);
 - ``label-only`` / ``teacher-only``: one signal of the target alone;
 - ``no-<kind>``: that kind of pseudo-query left out (its short and misspelt forms too);
-- ``no-variants``: no short or misspelt forms.
+- ``no-variants``: no short or misspelt forms;
+- ``max-length-128``: every group, each pair read to 128 tokens instead of 64 (the product's
+  first attributes, bullets and description, which 64 tokens cut off).
 
 Of the groups drawn, 400 are held out for the training's own validation (as in the shipped run).
 
@@ -42,7 +44,8 @@ from reranker.metrics import ESCI_GAINS, load_qrels, load_queries
 logger = logging.getLogger(__name__)
 
 KINDS = ("title_span", "product_type", "brand_type", "type_attribute", "category")
-VARIANTS = ("all", "label-only", "teacher-only", "no-variants", *(f"no-{k}" for k in KINDS))
+VARIANTS = ("all", "label-only", "teacher-only", "no-variants", *(f"no-{k}" for k in KINDS),
+            "max-length-128")
 
 
 def variant_groups(name: str, groups: list[DistillGroup]) -> list[DistillGroup]:
@@ -99,7 +102,8 @@ def main() -> None:
     for name in args.variants.split(","):
         done = args.work / name / "scores.json"
         if not done.is_file():
-            config = ListwiseConfig(label_weight=label_weight(name), seed=args.seed)
+            config = ListwiseConfig(label_weight=label_weight(name), seed=args.seed,
+                                    max_length=128 if name == "max-length-128" else 64)
             model = args.work / name / "model"
             if not (model / "model_card.json").is_file():
                 train_distilled(variant_groups(name, groups), texts, config,
