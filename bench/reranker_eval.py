@@ -12,9 +12,9 @@ uses the scores of the top ``w`` only. Rows:
 - ``rerank@w``: the cross-encoder alone reorders the top ``w``;
 - ``final+ce@w``: the final stage with the cross-encoder's score as a feature, fitted per fold;
 - ``final+ce@nested`` (``--nested``): for each outer fold, the window (or no cross-encoder at
-  all) chosen by an inner 4-fold CV over the other folds' queries alone, then the final stage
-  fitted there at that window: what the window is worth when the data picks it, free of the
-  choice made by reading the rows above.
+  all) chosen by an inner CV (``--folds`` - 1 folds) over the other folds' queries alone,
+  then the final stage fitted there at that window: what the window is worth when the data
+  picks it, free of the choice made by reading the rows above.
 
 The cross-encoder never saw a judgment (it learns from pseudo-queries and the final stage's
 scores on them), so it may score every query; the final stages are fitted on the other folds.

@@ -1,4 +1,5 @@
-"""The nested window row of `bench.reranker_eval`: the window is chosen inside the folds."""
+"""The nested window row of `bench.reranker_eval`: each outer fold picks the window that ranks
+best on its training queries (here always the one that covers every relevant product)."""
 
 from __future__ import annotations
 
