@@ -151,6 +151,11 @@ class Load:
         with self._lock:
             return [a for a in self.answers if start <= a.sent < end]
 
+    def answered_between(self, start: float, end: float) -> list[Answer]:
+        """Requests sent at ``start`` or later and answered before ``end``: all of their work
+        fell inside the window (a slow one sent before ``end`` may have finished after it)."""
+        return [a for a in self.sent_between(start, end) if a.sent + a.seconds < end]
+
     def wait_for(
         self, after: float, wanted: Callable[[Answer], bool], timeout: float, what: str
     ) -> Answer:

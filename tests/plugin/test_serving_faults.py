@@ -364,7 +364,9 @@ def test_redis_killed_under_load_search_answers_unpersonalised_and_sessions_503(
 
     answers = load.sent_between(0)
     assert figures.no_answer == 0, [a for a in answers if a.status is None]
-    down = load.sent_between(killed + 0.5, back_started)
+    # Answered while Redis was down: a search sent then but slow enough to read the session
+    # after Redis came back is rightly personalised, so it is left out.
+    down = load.answered_between(killed + 0.5, back_started)
     assert {a.kind for a in down} == {"search", "events", "sessions"}
     for answer in down:
         assert answer.seconds < CLIENT_TIMEOUT, answer
