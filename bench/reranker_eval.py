@@ -117,14 +117,14 @@ def row(
 
 
 def inner_score(
-    collected: Mapping[str, QueryCandidates], qrels: Qrels, gains: Gains | None,
-    qids: Sequence[str], window: int, folds: int, seed: int,
+    at_window: Mapping[str, QueryCandidates], qrels: Qrels, gains: Gains | None,
+    qids: Sequence[str], with_cross_encoder: bool, folds: int, seed: int,
 ) -> float:
-    """Plain plus judged-only nDCG@10 of an inner CV over ``qids`` alone, the final stage with
-    the cross-encoder over the top ``window`` (0: without it)."""
-    inner = {q: windowed(collected[q], window) for q in qids}
+    """Plain plus judged-only nDCG@10 of an inner CV over ``qids`` alone, the final stage
+    reading ``at_window``'s cross-encoder scores (or none)."""
+    inner = {q: at_window[q] for q in qids}
     run = cross_validated_final(inner, qrels, folds_of(list(qids), folds, seed), gains=gains,
-                                with_cross_encoder=window > 0)
+                                with_cross_encoder=with_cross_encoder)
     report = evaluate_run(run, {q: qrels[q] for q in qids}, gains=gains)
     return report.ndcg + report.ndcg_condensed
 
@@ -135,16 +135,18 @@ def nested_window(
 ) -> tuple[dict[str, list[str]], list[int]]:
     """Each outer fold ranked at the window (0: no cross-encoder) its training folds chose by an
     inner CV; the run, and the window chosen for each fold."""
+    # one windowed copy per window, so each query's features are computed once, not per fold
+    by_window = {w: {q: windowed(item, w) for q, item in collected.items()}
+                 for w in (0, *windows)}
     run: dict[str, list[str]] = {}
     chosen = []
     for train, test in splits(split):
-        window = max([0, *windows], key=lambda w: inner_score(
-            collected, qrels, gains, train, w, len(split) - 1, seed))
+        window = max(by_window, key=lambda w: inner_score(
+            by_window[w], qrels, gains, train, w > 0, len(split) - 1, seed))
         chosen.append(window)
-        at_window = {q: windowed(item, window) for q, item in collected.items()}
-        ranker = fit_final_stage(at_window, qrels, train, gains=gains,
+        ranker = fit_final_stage(by_window[window], qrels, train, gains=gains,
                                  with_cross_encoder=window > 0)
-        run.update({q: at_window[q].ranked_by(ranker) for q in test})
+        run.update({q: by_window[window][q].ranked_by(ranker) for q in test})
     return run, chosen
 
 
