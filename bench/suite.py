@@ -1,7 +1,7 @@
 """One benchmark command: the whole CPU suite, each figure next to a naive baseline.
 
     python3 -m bench.suite [--quick] [--out-dir bench/results] [--checkpoint DIR]
-                           [--reranker cross-encoder|onnx] [--home DIR] [--index NAME]
+                           [--reranker onnx|cross-encoder] [--home DIR] [--index NAME]
                            [--sections indexing query rerank http]
                            [--rerank-max-length TOKENS] [--rerank-http-requests N]
 
@@ -19,7 +19,13 @@ holds the baselines):
   and, when the module exists, the ONNX INT8 reranker (plus, with ``--rerank-max-length``, the
   same graph reading fewer tokens per pair), vs. ``CrossEncoder.predict`` at max_length 512;
 - HTTP (ms, errors): `shoprank serve` and `python3 -m bench.naive_server`, both running, loaded in
-  turn by bench/http_load.py, for bm25, vector, hybrid and hybrid+rerank at concurrency 1, 4, 16.
+  turn by bench/http_load.py, for bm25, vector, hybrid and hybrid+rerank at concurrency 1, 4, 16;
+  then the nDCG@10 of each server's answers to the judged ESCI dev queries, with and without
+  reranking (the quality at the settings the latency rows measure).
+
+Without ``--checkpoint`` both sides rank with the shipped cross-encoder (plugin/artifacts/
+reranker), and ours is `shoprank serve` as it runs out of the box (ONNX INT8, its window, the
+packaged final stage).
 
 Settings in the environment (``SHOPRANK_DOCUMENT_BACKEND``, ``SHOPRANK_QUERY_BACKEND``, ...)
 change what "ours" runs; the report records the non-secret ones it knows (`RECORDED_SETTINGS`).
@@ -64,6 +70,7 @@ DATA = REPO.parent / "shared" / "data"
 ICECAT_CATALOG = DATA / "icecat" / "products.jsonl.gz"
 ESCI_CATALOG = DATA / "esci-us" / "products.jsonl.gz"
 ESCI_QUERIES = DATA / "esci-us" / "queries.tsv"
+ESCI_QRELS = DATA / "esci-us" / "qrels.txt"
 ICECAT_QUERIES = DATA / "icecat" / "queries.tsv"
 DEFAULT_HOME = REPO / ".cache" / "bench-suite"
 DEFAULT_INDEX = "eval-esci-us"
@@ -443,7 +450,14 @@ def http_servers(
     # `python -m plugin` is `shoprank` (plugin/__main__.py), without relying on the installed
     # entry point
     ours = [python, "-m", "plugin", "serve", "--index", args.index, "--port", str(ours_port),
-            "--reranker", reranker, "--checkpoint", str(folder)]
+            "--reranker", reranker]
+    if args.checkpoint is None and reranker == "onnx" and shipped_reranker() is not None:
+        # Out of the box: the packaged cross-encoder as `serve` loads it by default (its ONNX
+        # export made once under the home's cache, before the servers start).
+        note = (f"onnx on the packaged cross-encoder, as `shoprank serve` runs by default "
+                f"(export {shipped_onnx_export(args.home)})")
+    else:
+        ours += ["--checkpoint", str(folder)]
     naive = [python, "-m", "bench.naive_server", "--index", args.index,
              "--port", str(naive_port), "--checkpoint", str(checkpoint)]
     env = {**os.environ, "SHOPRANK_HOME": str(args.home), "HF_HUB_OFFLINE": "1",
@@ -462,7 +476,7 @@ def bench_http(
     sizes: Sizes, args: argparse.Namespace, checkpoint: Path, onnx_folder: Path | None,
     scratch: Path,
 ) -> dict[str, Any]:
-    from reranker.metrics import load_queries
+    from reranker.metrics import load_qrels, load_queries
 
     queries = list(load_queries(ESCI_QUERIES).values())
     commands, note = http_servers(args, checkpoint, onnx_folder)
@@ -495,13 +509,72 @@ def bench_http(
                 offset += count
         about = {s.name: {"command": shlex.join(s.argv), "peak_rss_mb": s.peak_rss_mb(),
                           "metrics": server_metrics(s)} for s in servers}
+        quality = http_quality(servers, load_queries(ESCI_QUERIES), load_qrels(ESCI_QRELS))
     return {
         "index": args.index, "home": str(args.home), "queries": f"{len(queries)} ESCI dev "
         "queries, cycled (both servers get the same queries at each point)",
-        "reranker": note, "servers": about, "points": points,
+        "reranker": note, "servers": about, "points": points, "quality": quality,
         "skipped": [f"hybrid+rerank at concurrency {c}" for c in sizes.concurrency
                     if c not in sizes.rerank_concurrency],
     }
+
+
+def shipped_reranker() -> Path | None:
+    """The packaged cross-encoder's folder, when one ships."""
+    from plugin.components import PACKAGED_RERANKER
+    from reranker.cross_encoder import read_model_card
+
+    return PACKAGED_RERANKER if read_model_card(PACKAGED_RERANKER) is not None else None
+
+
+def shipped_onnx_export(home: Path) -> Path:
+    """The packaged cross-encoder's ONNX export under ``home``'s cache, made now if missing
+    (the folder `shoprank serve` would make on its first rerank)."""
+    from indexer.settings import IndexerSettings
+    from plugin.components import PACKAGED_RERANKER, onnx_reranker_folder
+
+    return onnx_reranker_folder(PACKAGED_RERANKER, IndexerSettings(home=home).onnx_cache_dir)
+
+
+def http_quality(
+    servers: Sequence[Any], queries: dict[str, str], qrels: Any, depth: int = 100
+) -> list[dict[str, Any]]:
+    """nDCG@10 (plain and judged-only) of what each server answers to every judged query, with
+    and without reranking (hybrid mode, the server's final stage): the quality at the settings
+    the latency rows measure. One request at a time, ``depth`` results each (judged-only nDCG
+    skips unjudged products, so it reads below the top 10)."""
+    import httpx
+
+    from reranker.metrics import ESCI_GAINS, evaluate_run
+
+    rows: list[dict[str, Any]] = []
+    for server in servers:
+        for rerank in (False, True):
+            progress(f"http: quality of {server.name}, hybrid, rerank {rerank}, "
+                     f"{len(queries)} queries")
+            run: dict[str, list[str]] = {}
+            degraded, final_stages, reranked = 0, set(), 0
+            with httpx.Client(base_url=server.url, timeout=DEFAULT_QUALITY_TIMEOUT_S) as client:
+                for qid, text in queries.items():
+                    response = client.post("/search", json={
+                        "query": text, "k": depth, "mode": "hybrid", "rerank": rerank})
+                    response.raise_for_status()
+                    body = response.json()
+                    run[qid] = [hit["id"] for hit in body["results"]]
+                    degraded += bool(body["degraded"])
+                    final_stages.add(body["final_stage"])
+                    reranked = max(reranked, body["reranked"])
+            found = evaluate_run(run, qrels, k=10, candidates_depth=depth, gains=ESCI_GAINS)
+            rows.append({"server": server.name, "mode": "hybrid+rerank" if rerank else "hybrid",
+                         "queries": found.queries, "ndcg": found.ndcg,
+                         "ndcg_judged_only": found.ndcg_condensed, "judged": found.judged,
+                         "degraded": degraded, "reranked": reranked,
+                         "final_stage": sorted(final_stages)})
+    return rows
+
+
+#: Seconds a quality request may take (the naive server reranks at full length).
+DEFAULT_QUALITY_TIMEOUT_S = 300.0
 
 
 # --- the index, the checkpoint ------------------------------------------------------------------
@@ -534,11 +607,36 @@ def ensure_index(home: Path, index: str, reuse_only: bool) -> dict[str, Any]:
 
 
 def checkpoint_for(args: argparse.Namespace, scratch: Path) -> tuple[Path, str]:
+    """The cross-encoder both sides rank with: ``--checkpoint``, else the shipped one (its LoRA
+    adapter merged into a full checkpoint, so the naive baseline loads the same weights)."""
+    from plugin.components import PACKAGED_RERANKER
+    from reranker.cross_encoder import read_model_card
+
     if args.checkpoint is not None:
         return args.checkpoint, str(args.checkpoint)
-    return (default_checkpoint(scratch / "packaged-fresh-head"),
-            "packaged all-MiniLM-L6-v2 weights + a fresh 1-logit head, full checkpoint "
-            "(throwaway: speed does not depend on the head)")
+    card = read_model_card(PACKAGED_RERANKER)
+    if card is None:
+        return (default_checkpoint(scratch / "packaged-fresh-head"),
+                "packaged all-MiniLM-L6-v2 weights + a fresh 1-logit head, full checkpoint "
+                "(no shipped cross-encoder found; speed does not depend on the head)")
+    return (merged_checkpoint(PACKAGED_RERANKER, scratch / "shipped-merged"),
+            f"the shipped cross-encoder ({PACKAGED_RERANKER.relative_to(REPO)}, LoRA merged "
+            f"into a full checkpoint for the in-process rows and the naive baseline), "
+            f"{card.max_length} tokens per pair")
+
+
+def merged_checkpoint(adapter: Path, folder: Path) -> Path:
+    """``adapter`` (a LoRA artifact) merged and saved as a full checkpoint in ``folder``, with
+    its model card (mode "full"), so it reads the same number of tokens per pair."""
+    from reranker.cross_encoder import MODEL_CARD, InProcessCrossEncoder, read_model_card
+
+    InProcessCrossEncoder(adapter).model.save(str(folder))
+    card = read_model_card(adapter)
+    if card is not None:
+        (folder / MODEL_CARD).write_text(
+            card.model_copy(update={"mode": "full"}).model_dump_json(indent=2) + "\n",
+            encoding="utf-8")
+    return folder
 
 
 # --- the report ---------------------------------------------------------------------------------
@@ -671,6 +769,13 @@ def summary(data: dict[str, Any]) -> list[str]:
                 ours, naive = points[(mode, level, "ours")], points[(mode, level, "naive")]
                 rows.append((f"HTTP {mode}, concurrency {level}, p95 ms", _f(ours["p95_ms"]),
                              _f(naive["p95_ms"]), _x(ratio(naive["p95_ms"], ours["p95_ms"]))))
+        quality = {(q["server"], q["mode"]): q for q in data["http"].get("quality", [])}
+        for mode in ("hybrid", "hybrid+rerank"):
+            if ("ours", mode) in quality and ("naive", mode) in quality:
+                ours, naive = quality[("ours", mode)], quality[("naive", mode)]
+                rows.append((f"HTTP {mode}, nDCG@10 / judged-only (in-sample)",
+                             f"{ours['ndcg']:.3f} / {ours['ndcg_judged_only']:.3f}",
+                             f"{naive['ndcg']:.3f} / {naive['ndcg_judged_only']:.3f}", "-"))
     if not rows:
         return []
     return ["## Summary", "", "| figure | ours | naive | ours vs naive |",
@@ -719,6 +824,24 @@ def http_report(h: dict[str, Any]) -> list[str]:
         lines.append(f"- {name}: `{about['command']}`, peak RSS {_f(about['peak_rss_mb'], 0)} MB")
     for skipped in h["skipped"]:
         lines.append(f"- not measured in this mode: {skipped}")
+    if h.get("quality"):
+        lines += [
+            "", "### Quality at these settings", "",
+            "Each server's answers to every judged ESCI dev query, one at a time, 100 results "
+            "each (hybrid mode, the server's final stage), scored with ESCI gains. The packaged "
+            "final stages were fitted on these dev queries, so the figures are in-sample: the "
+            "cross-validated ones are in the README (\"The semantic reranker\"). The naive server "
+            "reranks with the same weights at full length, and its final stage reads those "
+            "scores.", "",
+            "| server | mode | queries | nDCG@10 | judged-only | judged@10 | reranked | "
+            "final stage | degraded |",
+            "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- | ---: |",
+        ]
+        for row in h["quality"]:
+            lines.append(
+                f"| {row['server']} | {row['mode']} | {row['queries']} | {row['ndcg']:.4f} | "
+                f"{row['ndcg_judged_only']:.4f} | {row['judged']:.3f} | {row['reranked']} | "
+                f"{', '.join(row['final_stage'])} | {row['degraded']} |")
     return [*lines, ""]
 
 
@@ -734,8 +857,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="smaller samples (~5 minutes)")
     parser.add_argument("--out-dir", type=Path, default=REPO / "bench" / "results")
     parser.add_argument("--checkpoint", type=Path, help="cross-encoder checkpoint (full)")
-    parser.add_argument("--reranker", choices=["cross-encoder", "onnx"], default="cross-encoder",
-                        help="what ours serves over HTTP")
+    parser.add_argument("--reranker", choices=["cross-encoder", "onnx"], default="onnx",
+                        help="what ours serves over HTTP (onnx: the server's default)")
     parser.add_argument("--home", type=Path,
                         help="reuse this SHOPRANK_HOME's --index instead of the suite's own")
     parser.add_argument("--index", default=DEFAULT_INDEX)
