@@ -442,22 +442,22 @@ def http_servers(
             note += "; --reranker onnx asked, but the ONNX export is not available"
         else:
             reranker, folder, note = "onnx", onnx_folder, f"onnx on {onnx_folder}"
-    ours_env: dict[str, str] = {}
-    if args.rerank_max_length is not None:
-        ours_env["SHOPRANK_RERANKER_MAX_LENGTH"] = str(args.rerank_max_length)
-        note += f", reading {args.rerank_max_length} tokens per pair (SHOPRANK_RERANKER_MAX_LENGTH)"
     python, ours_port, naive_port = sys.executable, free_port(), free_port()
     # `python -m plugin` is `shoprank` (plugin/__main__.py), without relying on the installed
     # entry point
     ours = [python, "-m", "plugin", "serve", "--index", args.index, "--port", str(ours_port),
             "--reranker", reranker]
-    if args.checkpoint is None and reranker == "onnx" and shipped_reranker() is not None:
+    if serves_packaged_default(args):
         # Out of the box: the packaged cross-encoder as `serve` loads it by default (its ONNX
         # export made once under the home's cache, before the servers start).
         note = (f"onnx on the packaged cross-encoder, as `shoprank serve` runs by default "
                 f"(export {shipped_onnx_export(args.home)})")
     else:
         ours += ["--checkpoint", str(folder)]
+    ours_env: dict[str, str] = {}
+    if args.rerank_max_length is not None:
+        ours_env["SHOPRANK_RERANKER_MAX_LENGTH"] = str(args.rerank_max_length)
+        note += f", reading {args.rerank_max_length} tokens per pair (SHOPRANK_RERANKER_MAX_LENGTH)"
     naive = [python, "-m", "bench.naive_server", "--index", args.index,
              "--port", str(naive_port), "--checkpoint", str(checkpoint)]
     env = {**os.environ, "SHOPRANK_HOME": str(args.home), "HF_HUB_OFFLINE": "1",
@@ -519,12 +519,14 @@ def bench_http(
     }
 
 
-def shipped_reranker() -> Path | None:
-    """The packaged cross-encoder's folder, when one ships."""
+def serves_packaged_default(args: argparse.Namespace) -> bool:
+    """Whether ours serves the packaged cross-encoder as `shoprank serve` does by default (no
+    ``--checkpoint``, the onnx reranker, and a packaged cross-encoder to serve)."""
     from plugin.components import PACKAGED_RERANKER
     from reranker.cross_encoder import read_model_card
 
-    return PACKAGED_RERANKER if read_model_card(PACKAGED_RERANKER) is not None else None
+    return (args.checkpoint is None and args.reranker == "onnx"
+            and read_model_card(PACKAGED_RERANKER) is not None)
 
 
 def shipped_onnx_export(home: Path) -> Path:
@@ -553,12 +555,17 @@ def http_quality(
             progress(f"http: quality of {server.name}, hybrid, rerank {rerank}, "
                      f"{len(queries)} queries")
             run: dict[str, list[str]] = {}
-            degraded, final_stages, reranked = 0, set(), 0
+            degraded, errors, final_stages, reranked = 0, 0, set(), 0
             with httpx.Client(base_url=server.url, timeout=DEFAULT_QUALITY_TIMEOUT_S) as client:
                 for qid, text in queries.items():
-                    response = client.post("/search", json={
-                        "query": text, "k": depth, "mode": "hybrid", "rerank": rerank})
-                    response.raise_for_status()
+                    try:
+                        response = client.post("/search", json={
+                            "query": text, "k": depth, "mode": "hybrid", "rerank": rerank})
+                        response.raise_for_status()
+                    except httpx.HTTPError as e:  # scored as an empty answer, and counted
+                        errors += 1
+                        progress(f"http: quality request for {qid} failed: {e}")
+                        continue
                     body = response.json()
                     run[qid] = [hit["id"] for hit in body["results"]]
                     degraded += bool(body["degraded"])
@@ -568,7 +575,7 @@ def http_quality(
             rows.append({"server": server.name, "mode": "hybrid+rerank" if rerank else "hybrid",
                          "queries": found.queries, "ndcg": found.ndcg,
                          "ndcg_judged_only": found.ndcg_condensed, "judged": found.judged,
-                         "degraded": degraded, "reranked": reranked,
+                         "degraded": degraded, "errors": errors, "reranked": reranked,
                          "final_stage": sorted(final_stages)})
     return rows
 
@@ -834,14 +841,14 @@ def http_report(h: dict[str, Any]) -> list[str]:
             "reranks with the same weights at full length, and its final stage reads those "
             "scores.", "",
             "| server | mode | queries | nDCG@10 | judged-only | judged@10 | reranked | "
-            "final stage | degraded |",
-            "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- | ---: |",
+            "final stage | degraded | errors (scored 0) |",
+            "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: |",
         ]
         for row in h["quality"]:
             lines.append(
                 f"| {row['server']} | {row['mode']} | {row['queries']} | {row['ndcg']:.4f} | "
                 f"{row['ndcg_judged_only']:.4f} | {row['judged']:.3f} | {row['reranked']} | "
-                f"{', '.join(row['final_stage'])} | {row['degraded']} |")
+                f"{', '.join(row['final_stage'])} | {row['degraded']} | {row['errors']} |")
     return [*lines, ""]
 
 
@@ -902,7 +909,8 @@ def main() -> None:
                 onnx_folder = scratch / "onnx-int8"
             gc.collect()
         if "http" in args.sections:
-            if args.reranker == "onnx" and onnx_folder is None:
+            exports = args.reranker == "onnx" and not serves_packaged_default(args)
+            if exports and onnx_folder is None:
                 _, onnx_folder, _ = onnx_reranker(checkpoint, scratch)
             data["http"] = bench_http(sizes, args, checkpoint, onnx_folder, scratch)
     data["load_average_after"] = [round(x, 2) for x in os.getloadavg()]

@@ -6,10 +6,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from bench.suite import merged_checkpoint
 from plugin.components import PACKAGED_RERANKER
 from reranker.cross_encoder import InProcessCrossEncoder, read_model_card
+
+pytestmark = pytest.mark.slow
 
 PAIRS = ("wireless earbuds", [
     "Bluetooth 5.3 wireless earbuds with charging case, 30 h playtime",
