@@ -35,6 +35,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import cast
 
+import numpy as np
+
 from bench.machine import cpu_model, percentile
 from plugin.components import build_pipeline
 from plugin.final_stage_fitting import (
@@ -48,6 +50,7 @@ from plugin.folds import splits
 from plugin.models import NO_FAIRNESS, SearchRequest
 from plugin.pipeline import SearchPipeline
 from plugin.settings import Settings
+from reranker.features import score_logits
 from reranker.linear_ranker import LinearRanker
 from reranker.metrics import (
     ESCI_GAINS,
@@ -66,6 +69,21 @@ REPO = Path(__file__).resolve().parents[1]
 def windowed(item: QueryCandidates, window: int) -> QueryCandidates:
     """The same candidates with cross-encoder scores for the top ``window`` only."""
     scores = [score if i < window else None for i, score in enumerate(item.rerank)]
+    return QueryCandidates(item.query, item.candidates, item.products, scores, item.embeddings)
+
+
+def standardized(item: QueryCandidates) -> QueryCandidates:
+    """The same candidates with each query's cross-encoder logits standardised over the scored
+    ones (mean 0, standard deviation 1), handed on as sigmoid scores so that the final stage's
+    logit feature reads the z-scores: the feature then says how a product compares with the
+    query's other candidates, not how sure the model is overall."""
+    scored = [i for i, score in enumerate(item.rerank) if score is not None]
+    logits = score_logits([item.rerank[i] or 0.0 for i in scored])
+    spread = float(logits.std()) or 1.0
+    z = (logits - logits.mean()) / spread
+    scores: list[float | None] = [None] * len(item.rerank)
+    for i, value in zip(scored, z, strict=True):
+        scores[i] = float(1.0 / (1.0 + np.exp(-value)))
     return QueryCandidates(item.query, item.candidates, item.products, scores, item.embeddings)
 
 
@@ -153,6 +171,7 @@ def nested_window(
 def evaluate(
     collected: Mapping[str, QueryCandidates], qrels: Qrels, gains: Gains | None,
     windows: Sequence[int], folds: int, seed: int, nested: bool = False,
+    standardize: bool = False,
 ) -> tuple[list[dict[str, object]], dict[int, LinearRanker]]:
     """The rows, and for each window a final stage fitted on every query (for timing only).
 
@@ -175,6 +194,12 @@ def evaluate(
         rows.append(row(f"final+ce@{window}", evaluate_run(run, qrels, gains=gains), base, final))
         rankers[window] = fit_final_stage(with_ce, qrels, list(with_ce), gains=gains,
                                           with_cross_encoder=True)
+        if standardize:
+            with_z = {q: standardized(item) for q, item in with_ce.items()}
+            run = cross_validated_final(with_z, qrels, split, gains=gains,
+                                        with_cross_encoder=True)
+            rows.append(row(f"final+ce-z@{window}", evaluate_run(run, qrels, gains=gains),
+                            base, final))
     if nested:
         run, chosen = nested_window(collected, qrels, gains, windows, split, seed)
         nested_row = row("final+ce@nested", evaluate_run(run, qrels, gains=gains), base, final)
@@ -221,6 +246,8 @@ def main() -> None:
     parser.add_argument("--latency-queries", type=int, default=40)
     parser.add_argument("--nested", action="store_true",
                         help="add final+ce@nested: the window chosen inside the training folds")
+    parser.add_argument("--standardize", action="store_true",
+                        help="add final+ce-z@w: the cross-encoder logit standardised per query")
     parser.add_argument("--json-out", type=Path, default=None)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -246,7 +273,7 @@ def main() -> None:
     collected = collect_candidates(pipeline, judged, rerank=True)
     scoring = time.perf_counter() - started
     rows, rankers = evaluate(collected, qrels, gains, windows, args.folds, args.seed,
-                             nested=args.nested)
+                             nested=args.nested, standardize=args.standardize)
     sample = [item.query for item in collected.values()][: args.latency_queries]
     latencies = {}
     for window in windows:
