@@ -42,3 +42,19 @@ def test_nested_window_picks_the_window_that_covers_the_relevant_products() -> N
     assert nested["windows"] == [30, 30, 30]
     assert nested["ndcg"] == by_stage["final+ce@30"]["ndcg"]
     assert float(nested["ndcg"]) > float(by_stage["final"]["ndcg"]) + 0.3  # type: ignore[arg-type]
+
+
+def test_standardized_scores_keep_each_querys_order_and_read_as_z_scores() -> None:
+    from bench.reranker_eval import standardized
+    from reranker.features import score_logits
+
+    collected, _ = collection(queries=1, depth=6)
+    item = collected["q0"]
+    item.rerank[:] = [0.2, 0.9, 0.5, 0.7, None, None]  # sigmoid scores; the last two outside
+    z = standardized(item)
+
+    assert z.rerank[4:] == [None, None]
+    logits = score_logits([s for s in z.rerank if s is not None])
+    assert abs(logits.mean()) < 1e-9 and abs(logits.std() - 1.0) < 1e-9
+    order = sorted(range(4), key=lambda i: item.rerank[i] or 0.0)
+    assert order == sorted(range(4), key=lambda i: z.rerank[i] or 0.0)
