@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from plugin.fairness.evaluation import FairnessSetup, fair_run, fairness_measures
+from plugin.fairness.evaluation import FairnessSetup, fair_run, fairness_measures, percentile
 from plugin.models import MAX_K, MAX_QUERY_CHARS, NO_FAIRNESS, FairnessPolicy, SearchRequest
 from plugin.offline_eval import StageResult
 from plugin.pipeline import SearchPipeline
@@ -42,6 +42,10 @@ class CurvePoint:
     label: str
     ndcg: float
     x: float
+    #: The window curve's p95 search latency (ms) beside its median ``x``.
+    p95: float | None = None
+    #: The window curve's mean rerank window (candidates the cross-encoder scored).
+    window: float | None = None
 
 
 def bootstrap_ci(
@@ -102,7 +106,7 @@ def window_curve(
     judged = {qid: text for qid, text in queries.items() if qid in qrels}
     for budget in budgets:
         run: dict[str, list[str]] = {}
-        latencies = []
+        latencies, windows = [], []
         for qid, text in judged.items():
             response = pipeline.search(SearchRequest(
                 query=text[:MAX_QUERY_CHARS], k=MAX_K, rerank=True, final=False,
@@ -110,9 +114,12 @@ def window_curve(
             ))
             run[qid] = [hit.id for hit in response.results]
             latencies.append(response.timings_ms["total"])
+            windows.append(response.reranked)
         label = "fixed window" if budget is None else f"{budget:g} ms"
         report = evaluate_run(run, qrels, k=k, gains=gains)
-        points.append(CurvePoint(label, report.ndcg, statistics.median(latencies)))
+        points.append(CurvePoint(label, report.ndcg, statistics.median(latencies),
+                                 p95=percentile(latencies, 0.95),
+                                 window=statistics.fmean(windows) if windows else None))
     return points
 
 
@@ -159,6 +166,15 @@ def latency_plot(results: Sequence[StageResult]) -> str | None:
     return _png(figure)
 
 
+def window_summary(points: Sequence[CurvePoint], k: int) -> str:
+    """The window curve's points in words: budget, mean window, nDCG@k, median / p95 ms."""
+    return "; ".join(
+        f"{p.label}: mean window {p.window if p.window is not None else float('nan'):.1f}, "
+        f"nDCG@{k} {p.ndcg:.4f}, search p50 {p.x:.0f} ms"
+        + (f" / p95 {p.p95:.0f} ms" if p.p95 is not None else "")
+        for p in points)
+
+
 def curve_plot(points: Sequence[CurvePoint], xlabel: str, title: str, k: int) -> str:
     figure, axes = _figure()
     axes.plot([p.x for p in points], [p.ndcg for p in points], marker="o", color="#e45756")
@@ -194,7 +210,8 @@ def write_report(
     if window:
         sections.append(("Adaptive rerank window", curve_plot(
             window, "median search latency (ms)", "Quality against latency budget", k),
-            "The rerank stage under each latency budget (the window shrinks to fit)."))
+            "The rerank stage under each latency budget (the window shrinks to fit): "
+            + window_summary(window, k)))
     body = "\n".join(
         f'<section><h2>{html.escape(name)}</h2><img src="{image}" alt="{html.escape(name)}">'
         f"<p>{html.escape(caption)}</p></section>"

@@ -235,7 +235,7 @@ def _write_report(
 ) -> Path:
     """--report: the plots (`plugin.eval_report`); the window curve needs a reranker and the
     full protocol (it runs real searches)."""
-    from plugin.eval_report import fairness_curve, window_curve, write_report
+    from plugin.eval_report import fairness_curve, window_curve, window_summary, write_report
 
     last = results[-1]
     curve = None
@@ -245,6 +245,7 @@ def _write_report(
     if full and pipeline.has_reranker:
         console.print("report: the rerank stage under each latency budget ...")
         window = window_curve(pipeline, queries, qrels, k=k, gains=gains)
+        console.print(f"report: {window_summary(window, k)}", highlight=False, soft_wrap=True)
     try:
         return write_report(folder, title, results, table, k=k, fairness=curve, window=window)
     except OSError as e:

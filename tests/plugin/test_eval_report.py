@@ -7,7 +7,13 @@ import re
 from pathlib import Path
 
 from indexer.local_store import LocalStore
-from plugin.eval_report import bootstrap_ci, fairness_curve, write_report
+from plugin.eval_report import (
+    CurvePoint,
+    bootstrap_ci,
+    fairness_curve,
+    window_summary,
+    write_report,
+)
 from plugin.fairness.evaluation import fairness_setup
 from plugin.offline_eval import StageResult, evaluate_stages, markdown
 from plugin.pipeline import SearchPipeline
@@ -58,3 +64,13 @@ def test_bootstrap_ci_holds_the_mean() -> None:
     mean, low, high = bootstrap_ci([0.0, 0.5, 1.0, 0.5])
     assert mean == 0.5 and low < mean < high
     assert bootstrap_ci([0.3, 0.3]) == (0.3, 0.3, 0.3)
+
+
+def test_the_window_curve_is_written_out_in_numbers_beside_its_plot(tmp_path: Path) -> None:
+    """A reader can quote the adaptive window's trade-off without reading it off the plot."""
+    curve = [CurvePoint("50 ms", 0.61234, 120.0, p95=180.0, window=10.0),
+             CurvePoint("fixed window", 0.65, 210.4, p95=260.6, window=20.0)]
+    text = window_summary(curve, 10)
+    assert text == ("50 ms: mean window 10.0, nDCG@10 0.6123, search p50 120 ms / p95 180 ms; "
+                    "fixed window: mean window 20.0, nDCG@10 0.6500, search p50 210 ms / "
+                    "p95 261 ms")
