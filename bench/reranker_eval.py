@@ -79,7 +79,9 @@ def standardized(item: QueryCandidates) -> QueryCandidates:
     query's other candidates, not how sure the model is overall."""
     scored = [i for i, score in enumerate(item.rerank) if score is not None]
     logits = score_logits([item.rerank[i] or 0.0 for i in scored])
-    spread = float(logits.std()) or 1.0
+    spread = float(logits.std())
+    if spread < 1e-9:  # equal scores (up to rounding): every z is 0
+        spread = 1.0
     z = (logits - logits.mean()) / spread
     scores: list[float | None] = [None] * len(item.rerank)
     for i, value in zip(scored, z, strict=True):
