@@ -50,20 +50,30 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
-from typing import Any, get_args
+from typing import TYPE_CHECKING, Any, get_args
 
 import numpy as np
 
-from bench.http_load import free_port, measure_point, running_server, search_bodies, server_metrics
+from bench.http_load import (
+    Server,
+    free_port,
+    measure_point,
+    running_server,
+    search_bodies,
+    server_metrics,
+)
 from bench.machine import cpu_model, percentile
 from bench.naive_server import NaiveCrossEncoder, NaiveQueryEncoder, load_naive_bi_encoder
 from bench.triton_cpu import default_checkpoint, max_difference, measure, summarize
+
+if TYPE_CHECKING:
+    from reranker.metrics import Qrels
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
@@ -74,6 +84,8 @@ ESCI_QRELS = DATA / "esci-us" / "qrels.txt"
 ICECAT_QUERIES = DATA / "icecat" / "queries.tsv"
 DEFAULT_HOME = REPO / ".cache" / "bench-suite"
 DEFAULT_INDEX = "eval-esci-us"
+#: Seconds a quality request may take (the naive server reranks at full length).
+QUALITY_TIMEOUT_S = 300.0
 SECTIONS = ("indexing", "query", "rerank", "http")
 #: mode label -> (retrieval mode, rerank)
 HTTP_MODES: dict[str, tuple[str, bool]] = {
@@ -539,7 +551,7 @@ def shipped_onnx_export(home: Path) -> Path:
 
 
 def http_quality(
-    servers: Sequence[Any], queries: dict[str, str], qrels: Any, depth: int = 100
+    servers: Sequence[Server], queries: Mapping[str, str], qrels: Qrels, depth: int = 100
 ) -> list[dict[str, Any]]:
     """nDCG@10 (plain and judged-only) of what each server answers to every judged query, with
     and without reranking (hybrid mode, the server's final stage): the quality at the settings
@@ -556,7 +568,7 @@ def http_quality(
                      f"{len(queries)} queries")
             run: dict[str, list[str]] = {}
             degraded, errors, final_stages, reranked = 0, 0, set(), 0
-            with httpx.Client(base_url=server.url, timeout=DEFAULT_QUALITY_TIMEOUT_S) as client:
+            with httpx.Client(base_url=server.url, timeout=QUALITY_TIMEOUT_S) as client:
                 for qid, text in queries.items():
                     try:
                         response = client.post("/search", json={
@@ -578,10 +590,6 @@ def http_quality(
                          "degraded": degraded, "errors": errors, "reranked": reranked,
                          "final_stage": sorted(final_stages)})
     return rows
-
-
-#: Seconds a quality request may take (the naive server reranks at full length).
-DEFAULT_QUALITY_TIMEOUT_S = 300.0
 
 
 # --- the index, the checkpoint ------------------------------------------------------------------
